@@ -1,0 +1,108 @@
+"""The exceptions walstream raises on purpose.
+
+Three families, because the caller's response differs for each:
+
+* :class:`ServerError`: the server said no (an ErrorResponse). It carries the
+  server's SQLSTATE and text so callers can branch on ``sqlstate``.
+* :class:`ProtocolViolation`: the peer sent bytes that break the protocol
+  (a broken or hostile server or client). Not retryable against the same peer.
+* :class:`LocalProtocolError`: walstream's own caller used a state machine
+  out of order. That is a bug on our side, never the peer's fault.
+
+Everything raised deliberately derives from :class:`Error`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+__all__ = [
+    "AuthenticationError",
+    "ConnInfoError",
+    "ConnectError",
+    "Error",
+    "LocalProtocolError",
+    "ProtocolViolation",
+    "ServerError",
+]
+
+# ErrorResponse/NoticeResponse field codes, as documented in "Error and
+# Notice Message Fields" of the PostgreSQL protocol chapter.
+FIELD_NAMES: Mapping[str, str] = {
+    "S": "severity_local",
+    "V": "severity",
+    "C": "sqlstate",
+    "M": "message",
+    "D": "detail",
+    "H": "hint",
+    "P": "position",
+    "p": "internal_position",
+    "q": "internal_query",
+    "W": "context",
+    "s": "schema_name",
+    "t": "table_name",
+    "c": "column_name",
+    "d": "data_type_name",
+    "n": "constraint_name",
+    "F": "source_file",
+    "L": "source_line",
+    "R": "source_function",
+}
+
+
+class Error(Exception):
+    """Base class of every exception walstream raises on purpose."""
+
+
+class ConnInfoError(Error, ValueError):
+    """A malformed conninfo string or URI; the message is libpq's."""
+
+
+class ConnectError(Error, OSError):
+    """No connection could be established (network, TLS, or every host refused)."""
+
+
+class AuthenticationError(Error):
+    """The client refused to authenticate: no password, a required channel
+    binding that cannot be had, or a method walstream does not implement.
+    (A wrong password is the server's verdict: a :class:`ServerError` 28P01.)
+    """
+
+
+class ProtocolViolation(Error):
+    """The peer broke the protocol: malformed, unexpected or oversized messages."""
+
+
+class LocalProtocolError(Error):
+    """walstream's own code drove a state machine out of order (a bug on our side)."""
+
+
+class ServerError(Error):
+    """An ErrorResponse from the server, with its fields.
+
+    ``str()`` reads like libpq's ``PQerrorMessage``: severity, message, and
+    the detail and hint lines where present.
+    """
+
+    def __init__(self, fields: Mapping[str, str], context: str | None = None) -> None:
+        self.fields: dict[str, str] = dict(fields)
+        self.severity: str = fields.get("V") or fields.get("S") or "ERROR"
+        self.sqlstate: str = fields.get("C", "")
+        self.message: str = fields.get("M", "")
+        self.detail: str | None = fields.get("D")
+        self.hint: str | None = fields.get("H")
+        self.context = context
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        text = f"{self.severity}:  {self.message}"
+        if self.detail:
+            text += f"\nDETAIL:  {self.detail}"
+        if self.hint:
+            text += f"\nHINT:  {self.hint}"
+        if self.context:
+            text = f"{self.context}: {text}"
+        return text
+
+    def __repr__(self) -> str:
+        return f"ServerError(sqlstate={self.sqlstate!r}, message={self.message!r})"

@@ -1,0 +1,169 @@
+"""Answers to the server's authentication requests, without I/O.
+
+The state machine in :mod:`walstream.protocol.client` reports what the server
+asked for; :class:`Authenticator` says what to send back and enforces the
+client's policy (libpq's ``channel_binding``). SCRAM itself is scramp's, which
+is sans-IO too; channel binding ``tls-server-end-point`` hashes the server
+certificate taken from the TLS object the caller hands in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ssl
+from typing import Final
+
+import scramp
+
+from walstream.errors import AuthenticationError, ProtocolViolation
+from walstream.protocol import messages as m
+
+__all__ = ["CHANNEL_BINDING_MODES", "Authenticator", "md5_password"]
+
+CHANNEL_BINDING_MODES: Final = ("disable", "prefer", "require")
+_PLUS: Final = "SCRAM-SHA-256-PLUS"
+_SCRAM: Final = "SCRAM-SHA-256"
+
+AuthRequest = (
+    m.AuthenticationCleartextPassword
+    | m.AuthenticationMD5Password
+    | m.AuthenticationSASL
+    | m.AuthenticationSASLContinue
+    | m.AuthenticationSASLFinal
+    | m.AuthenticationUnsupported
+)
+
+
+def md5_password(user: str, password: str, salt: bytes) -> bytes:
+    """PostgreSQL's MD5 response: ``"md5" + md5hex(md5hex(password + user) + salt)``."""
+    inner = hashlib.md5(password.encode() + user.encode()).hexdigest().encode()
+    return b"md5" + hashlib.md5(inner + salt).hexdigest().encode()
+
+
+class Authenticator:
+    """One authentication exchange, on behalf of one startup packet's user."""
+
+    def __init__(
+        self,
+        user: str,
+        password: str | None,
+        *,
+        channel_binding: str = "prefer",
+        tls: ssl.SSLObject | None = None,
+    ) -> None:
+        if channel_binding not in CHANNEL_BINDING_MODES:
+            raise ValueError(f'invalid channel_binding value: "{channel_binding}"')
+        if channel_binding == "require" and tls is None:
+            raise AuthenticationError("channel binding required, but SSL not in use")
+        self.user = user
+        self.password = password
+        self.channel_binding = channel_binding
+        self.tls = tls
+        self.method: str | None = None  # what the server made us use, for messages
+        self._scram: scramp.ScramClient | None = None
+        self._bound = False
+        self._final_verified = False
+
+    def _require_password(self) -> str:
+        if not self.password:
+            raise AuthenticationError("fe_sendauth: no password supplied")
+        return self.password
+
+    def _refuse_unbound(self) -> None:
+        if self.channel_binding == "require":
+            raise AuthenticationError(
+                "channel binding required but not supported by server's authentication request"
+            )
+
+    def respond(
+        self, request: AuthRequest
+    ) -> m.PasswordMessage | m.SASLInitialResponse | m.SASLResponse | None:
+        """The message that answers ``request``, or None when none is due."""
+        if isinstance(request, m.AuthenticationCleartextPassword):
+            self._refuse_unbound()
+            self.method = "password"
+            return m.PasswordMessage(self._require_password().encode())
+        if isinstance(request, m.AuthenticationMD5Password):
+            self._refuse_unbound()
+            self.method = "md5"
+            return m.PasswordMessage(
+                md5_password(self.user, self._require_password(), request.salt)
+            )
+        if isinstance(request, m.AuthenticationSASL):
+            return self._sasl_start(request.mechanisms)
+        if isinstance(request, m.AuthenticationSASLContinue):
+            return self._sasl_continue(request.data)
+        if isinstance(request, m.AuthenticationSASLFinal):
+            self._sasl_final(request.data)
+            return None
+        raise AuthenticationError(f"{request.method} authentication is not supported by walstream")
+
+    def _sasl_start(self, mechanisms: tuple[str, ...]) -> m.SASLInitialResponse:
+        if self._scram is not None:
+            raise ProtocolViolation("server restarted a SASL exchange")
+        use_plus = (
+            self.tls is not None and self.channel_binding != "disable" and _PLUS in mechanisms
+        )
+        if self.channel_binding == "require" and not use_plus:
+            raise AuthenticationError(
+                "channel binding is required, but server did not offer an authentication "
+                "method that supports channel binding"
+            )
+        if not use_plus and _SCRAM not in mechanisms:
+            offered = ", ".join(mechanisms) or "none"
+            raise AuthenticationError(
+                f"none of the server's SASL authentication mechanisms are supported ({offered})"
+            )
+        password = self._require_password()
+        self.method = _PLUS if use_plus else _SCRAM
+        try:
+            if use_plus:
+                self._scram = scramp.ScramClient(
+                    [_PLUS], self.user, password, channel_binding=("tls-server-end-point", self.tls)
+                )
+            else:
+                # scramp writes the "y,," GS2 header when it was given binding
+                # data it does not use; libpq sends "y" exactly when SSL is in
+                # use but the server offered no PLUS mechanism, so mirror that.
+                binding = (
+                    ("tls-server-end-point", self.tls)
+                    if self.tls is not None and self.channel_binding != "disable"
+                    else None
+                )
+                self._scram = scramp.ScramClient(
+                    [_SCRAM], self.user, password, channel_binding=binding
+                )
+            first = self._scram.get_client_first()
+        except scramp.ScramException as e:
+            raise AuthenticationError(f"SCRAM: {e}") from e
+        self._bound = use_plus
+        return m.SASLInitialResponse(self.method, first.encode())
+
+    def _sasl_continue(self, data: bytes) -> m.SASLResponse:
+        if self._scram is None:
+            raise ProtocolViolation("SASL continuation without a SASL exchange")
+        try:
+            self._scram.set_server_first(data.decode())
+            final = self._scram.get_client_final()
+        except (scramp.ScramException, UnicodeDecodeError) as e:
+            raise ProtocolViolation(f"invalid SCRAM server-first-message: {e}") from e
+        return m.SASLResponse(final.encode())
+
+    def _sasl_final(self, data: bytes) -> None:
+        if self._scram is None:
+            raise ProtocolViolation("SASL final message without a SASL exchange")
+        try:
+            self._scram.set_server_final(data.decode())
+        except (scramp.ScramException, UnicodeDecodeError) as e:
+            # The server could not prove it knows the password: never proceed.
+            raise AuthenticationError(f"SCRAM server verification failed: {e}") from e
+        self._final_verified = True
+
+    def authentication_ok(self) -> None:
+        """Check the exchange met the client's policy when the server says Ok."""
+        if self._scram is not None and not self._final_verified:
+            raise ProtocolViolation("server sent AuthenticationOk before completing SCRAM")
+        if self.channel_binding == "require" and not self._bound:
+            raise AuthenticationError(
+                "channel binding required, but server authenticated client without channel binding"
+            )
