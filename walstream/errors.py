@@ -70,7 +70,18 @@ class AuthenticationError(Error):
 
 
 class ProtocolViolation(Error):
-    """The peer broke the protocol: malformed, unexpected or oversized messages."""
+    """The peer broke the protocol: malformed, unexpected or oversized messages.
+
+    ``sqlstate`` is what a server reports to the offending client in its FATAL
+    ErrorResponse. It defaults to PostgreSQL's ERRCODE_PROTOCOL_VIOLATION
+    (08P01), which covers nearly every case; the few that PostgreSQL files
+    under another code (an unsupported protocol version is 0A000) say so, so
+    a server built on the state machine answers exactly as PostgreSQL would.
+    """
+
+    def __init__(self, *args: object, sqlstate: str = "08P01") -> None:
+        super().__init__(*args)
+        self.sqlstate = sqlstate
 
 
 class LocalProtocolError(Error):
@@ -84,7 +95,9 @@ class ServerError(Error):
     the detail and hint lines where present.
     """
 
-    def __init__(self, fields: Mapping[str, str], context: str | None = None) -> None:
+    def __init__(
+        self, fields: Mapping[str, str], context: str | None = None, note: str | None = None
+    ) -> None:
         self.fields: dict[str, str] = dict(fields)
         self.severity: str = fields.get("V") or fields.get("S") or "ERROR"
         self.sqlstate: str = fields.get("C", "")
@@ -92,7 +105,11 @@ class ServerError(Error):
         self.detail: str | None = fields.get("D")
         self.hint: str | None = fields.get("H")
         self.context = context
-        super().__init__(self._format())
+        self.note = note  # a line the client adds, as libpq does for .pgpass failures
+        super().__init__()
+
+    def __str__(self) -> str:
+        return self._format()
 
     def _format(self) -> str:
         text = f"{self.severity}:  {self.message}"
@@ -102,6 +119,8 @@ class ServerError(Error):
             text += f"\nHINT:  {self.hint}"
         if self.context:
             text = f"{self.context}: {text}"
+        if self.note:
+            text += f"\n{self.note}"
         return text
 
     def __repr__(self) -> str:

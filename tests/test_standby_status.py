@@ -1,0 +1,58 @@
+"""The standby status policy: when updates go out and what they claim."""
+
+from __future__ import annotations
+
+import pytest
+
+from walstream import LSN
+from walstream.protocol.standby import StatusPolicy
+
+
+def test_first_update_is_immediate_then_periodic() -> None:
+    p = StatusPolicy(interval=10.0)
+    assert p.deadline(100.0) == 100.0
+    first = p.poll(100.0, 0.0)
+    assert first is not None
+    assert p.poll(105.0, 0.0) is None
+    assert p.deadline(105.0) == 110.0
+    assert p.poll(110.0, 0.0) is not None
+
+
+def test_no_periodic_updates_with_zero_interval() -> None:
+    p = StatusPolicy(interval=0)
+    assert p.poll(0.0, 0.0) is not None
+    assert p.deadline(1e9) is None
+    p.reply_requested()
+    assert p.poll(5.0, 0.0) is not None
+
+
+def test_flush_is_never_ahead_of_write_and_hidden_without_sync() -> None:
+    p = StatusPolicy(report_flush=False)
+    p.received(0x2000)
+    p.flushed(0x1000)
+    update = p.poll(0.0, 0.0)
+    assert update is not None
+    assert (update.write, update.flush) == (LSN(0x2000), LSN(0))
+    with pytest.raises(ValueError, match="ahead of write"):
+        p.flushed(0x3000)
+
+
+def test_synchronous_mode_reports_each_flush_at_once() -> None:
+    p = StatusPolicy(report_on_flush=True)
+    p.poll(0.0, 0.0)
+    p.received(0x5000)
+    assert p.poll(1.0, 0.0) is None  # receiving alone is not a reason
+    p.flushed(0x5000)
+    update = p.poll(1.0, 0.0)
+    assert update is not None
+    assert update.flush == LSN(0x5000)
+
+
+def test_replay_progress_is_reported_promptly() -> None:
+    p = StatusPolicy()
+    p.poll(0.0, 0.0)
+    p.received(0x100)
+    p.applied(0x80)
+    update = p.poll(0.5, 0.0)
+    assert update is not None
+    assert update.apply == LSN(0x80)

@@ -1,0 +1,19 @@
+"""The startup role: follow received WAL, decode and verify it, track replay.
+
+Built in issue #4. Until then this module only reserves the role's place.
+"""
+
+from __future__ import annotations
+
+import sys
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    print("walstream startup: not implemented yet (issue #4)", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

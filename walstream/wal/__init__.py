@@ -1,0 +1,1 @@
+"""WAL on disk and in records: segment naming, and (later) the sans-IO decoder."""
