@@ -97,6 +97,8 @@ class ClientConnection:
         self._sasl = False  # a SASL exchange is under way
         self._client_copy_done = False
         self._server_copy_done = False
+        # The byte that accepts our encryption request: 'S' for SSL, 'G' for GSS.
+        self._encryption_accept = b"S"
 
     # -- sending ------------------------------------------------------------
 
@@ -110,11 +112,13 @@ class ClientConnection:
     def ssl_request(self) -> bytes:
         self._require(ClientState.INITIAL)
         self.state = ClientState.ENCRYPTION_REQUESTED
+        self._encryption_accept = b"S"
         return m.SSLRequest().encode()
 
     def gssenc_request(self) -> bytes:
         self._require(ClientState.INITIAL)
         self.state = ClientState.ENCRYPTION_REQUESTED
+        self._encryption_accept = b"G"
         return m.GSSENCRequest().encode()
 
     def startup(self, parameters: Mapping[str, str]) -> bytes:
@@ -156,6 +160,10 @@ class ClientConnection:
         return self.state is ClientState.COPY_BOTH
 
     @property
+    def client_copy_done(self) -> bool:
+        return self._client_copy_done
+
+    @property
     def server_copy_done(self) -> bool:
         return self._server_copy_done
 
@@ -177,6 +185,13 @@ class ClientConnection:
         try:
             if self.state is ClientState.ENCRYPTION_REQUESTED:
                 self._receive_encryption_response(events)
+            elif self.state is ClientState.INITIAL and buf:
+                # The server speaks only after our startup packet. Checking
+                # here rather than when a whole message has arrived matters
+                # after an encryption answer: a stray byte buffered now would
+                # otherwise be prepended to what arrives over TLS, whichever
+                # way the shell happened to split its reads (CVE-2021-23222).
+                raise ProtocolViolation("server sent data before the startup packet")
             self._receive_messages(events)
         except ProtocolViolation:
             self.state = ClientState.CLOSED
@@ -207,7 +222,9 @@ class ClientConnection:
             # A server that fails before negotiating sends a framed ErrorResponse.
             self.state = ClientState.AUTHENTICATING
             return
-        if answer not in (ord("S"), ord("N")):
+        # SSL is accepted with 'S', GSS encryption with 'G'; the other
+        # request's letter is as invalid as any other byte.
+        if answer not in (self._encryption_accept[0], ord("N")):
             raise ProtocolViolation(
                 f"received invalid response to encryption negotiation: {chr(answer)!r}"
             )
@@ -217,7 +234,7 @@ class ClientConnection:
             # injected by a man in the middle; libpq refuses them too.
             raise ProtocolViolation("received unencrypted data after SSL response")
         self.state = ClientState.INITIAL
-        events.append(EncryptionResponse(answer == ord("S")))
+        events.append(EncryptionResponse(answer != ord("N")))
 
     def _receive_messages(self, events: list[ClientEvent]) -> None:
         buf = self._buf

@@ -373,7 +373,8 @@ class FieldDescription:
     format: int = 0
 
 
-_FIELD: Final = struct.Struct("!ihihih")
+# table OID (unsigned), column number, type OID (unsigned), type size, typmod, format
+_FIELD: Final = struct.Struct("!IhIhih")
 
 
 @dataclass(frozen=True, slots=True)
@@ -825,7 +826,8 @@ def decode_untyped_frontend(
     if code >> 16 != 3:
         raise ProtocolViolation(
             f"unsupported frontend protocol {code >> 16}.{code & 0xFFFF}: "
-            "server supports 3.0 to 3.2"
+            "server supports 3.0 to 3.2",
+            sqlstate="0A000",  # PostgreSQL's ERRCODE_FEATURE_NOT_SUPPORTED
         )
     params: dict[str, str] = {}
     while True:
