@@ -60,7 +60,7 @@ def test_timeline_history_name_must_match() -> None:
     good = _result(("filename", "content"), (b"00000002.history", b"1\t0/3000000\tx\n"))
     assert c.TimelineHistory.from_result(good, 2).content == b"1\t0/3000000\tx\n"
     evil = _result(("filename", "content"), (b"../../etc/passwd", b""))
-    with pytest.raises(ProtocolViolation, match="expected '00000002.history'"):
+    with pytest.raises(ProtocolViolation, match=r"expected '00000002\.history'"):
         c.TimelineHistory.from_result(evil, 2)
 
 

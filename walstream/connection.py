@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import re
 import socket
@@ -670,7 +671,8 @@ async def _start_tls(wire: _Wire, host: HostSpec, policy: TlsPolicy) -> ssl.SSLO
     try:
         transport = await loop.start_tls(wire.transport, wire, ctx, server_hostname=sni)
     except ssl.SSLCertVerificationError as e:
-        raise ConnectError(f"SSL error: {e.verify_message or e.reason}") from e
+        detail = f": {e.verify_message}" if e.verify_message else ""
+        raise ConnectError(f"SSL error: certificate verify failed{detail}") from e
     except (ssl.SSLError, OSError) as e:
         raise ConnectError(f"SSL error: {e}") from e
     if transport is None:
@@ -774,7 +776,9 @@ def _os_error_text(host: HostSpec, address: Any, e: BaseException) -> str:
     head = _describe(host, address)
     if isinstance(e, TimeoutError):
         return f"{head}: timeout expired"
-    reason = getattr(e, "strerror", None) or str(e)
+    # asyncio words refusals as "Connect call failed (...)"; libpq prints strerror.
+    errno = getattr(e, "errno", None)
+    reason = os.strerror(errno) if errno else getattr(e, "strerror", None) or str(e)
     text = f"{head}: {reason}"
     if isinstance(e, ConnectionRefusedError | FileNotFoundError):
         if host.is_unix_socket:
