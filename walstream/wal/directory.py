@@ -1,0 +1,524 @@
+"""A pg_receivewal-compatible WAL directory: every disk decision of the receiver.
+
+The files are byte for byte what pg_receivewal 15+ writes, so either tool
+can resume a directory the other wrote:
+
+* segments are written as ``NAME[.gz|.lz4|.zst].partial`` and renamed only
+  when their last byte is written; uncompressed ones are first filled with
+  zeros to full size (so a ``.partial`` is always full size), compressed ones
+  are not;
+* gzip output is zlib's gzip stream (the header zlib's gz* API writes), with
+  a sync flush only when syncing and a final block on every close;
+  lz4 is an LZ4 frame with default preferences; zstd (``.zst``) is ours;
+* fsync rules: a new file and its directory after creation; at completion
+  the file, the rename, the new name and the directory (``durable_rename``);
+  on close without rename the file and the directory; ``--no-sync`` does
+  none of it.
+
+Where pg_receivewal is fragile, this module is not: a ``.partial`` left short
+by a crash during pre-padding is padded again instead of failing forever; a
+reopened compressed ``.partial`` is rewritten from its start instead of
+accumulating trailing garbage; WAL of another system identifier is refused.
+
+Threading contract: a WalDirectory is used by one thread at a time (the
+receiver runs all of it in one dedicated disk thread); ``written`` and
+``flushed`` may be read from any thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+from walstream.errors import Error
+from walstream.lsn import LSN
+from walstream.wal.segment import (
+    check_seg_size,
+    history_file_name,
+    parse_segment_name,
+    segment_name,
+)
+
+__all__ = ["Compression", "DirectoryMismatch", "DiskError", "WalDirectory"]
+
+log = logging.getLogger("walstream.wal.directory")
+
+_PAGE: Final = 8192  # XLOG_BLCKSZ: pre-padding is written a page at a time
+_LONG_HEADER: Final = struct.Struct("<HHIQIIQII")  # xlp_* of a segment's first page
+_METHODS: Final = {"none": "", "gzip": ".gz", "lz4": ".lz4", "zstd": ".zst"}
+_LEVELS: Final = {"gzip": (1, 9, 6), "lz4": (1, 12, None), "zstd": (1, 22, None)}
+
+
+class DiskError(Error):
+    """A file operation failed; the message names the file and the cause."""
+
+
+class DirectoryMismatch(Error):
+    """The directory holds WAL that cannot belong to this stream."""
+
+
+@dataclass(frozen=True)
+class Compression:
+    """pg_receivewal's ``-Z`` (none, gzip[:N], lz4[:N], a gzip level), and zstd[:N]."""
+
+    method: str = "none"
+    level: int | None = None
+
+    @property
+    def suffix(self) -> str:
+        return _METHODS[self.method]
+
+    @classmethod
+    def parse(cls, spec: str) -> Compression:
+        spec = spec.strip()
+        if spec.isdigit():
+            level = int(spec)
+            return cls() if level == 0 else cls._checked("gzip", level)
+        method, _, detail = spec.partition(":")
+        method = method.lower()
+        if method not in _METHODS:
+            raise ValueError(f'unrecognized compression algorithm: "{method}"')
+        if not detail:
+            return cls(method) if method == "none" else cls._checked(method, None)
+        key, eq, value = detail.partition("=")
+        if eq and key != "level":
+            raise ValueError(f'unrecognized compression option: "{key}"')
+        text = value if eq else detail
+        if not text.lstrip("-").isdigit():
+            raise ValueError(f'value for compression option "level" must be an integer: "{text}"')
+        if method == "none":
+            raise ValueError('compression algorithm "none" does not accept a compression level')
+        return cls._checked(method, int(text))
+
+    @classmethod
+    def _checked(cls, method: str, level: int | None) -> Compression:
+        low, high, _ = _LEVELS[method]
+        if level is not None and not low <= level <= high:
+            raise ValueError(
+                f'compression algorithm "{method}" expects a compression level between '
+                f"{low} and {high} (default at {_LEVELS[method][2] or 'library default'})"
+            )
+        if method == "lz4":
+            _require("lz4.frame", "lz4")
+        if method == "zstd":
+            _require("zstandard", "zstd")
+        return cls(method, level)
+
+
+def _require(module: str, extra: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ValueError(
+            f"{extra} compression needs the {module.split('.')[0]} package: "
+            f"pip install 'walstream[{extra}]'"
+        ) from None
+
+
+class _Compressor(Protocol):
+    def start(self) -> bytes: ...  # what is written when the file is created
+    def compress(self, data: bytes) -> bytes: ...
+    def flush(self) -> bytes: ...  # a sync point: everything so far decodable
+    def finish(self) -> bytes: ...
+
+
+class _Gzip:
+    def __init__(self, level: int | None) -> None:
+        self._z = zlib.compressobj(6 if level is None else level, zlib.DEFLATED, 31, 8)
+
+    def start(self) -> bytes:
+        return b""  # zlib writes the gzip header with the first output
+
+    def compress(self, data: bytes) -> bytes:
+        # zlib's gz* API, which pg_receivewal uses, buffers input 8 kB at a time.
+        compress = self._z.compress
+        return b"".join(compress(data[i : i + _PAGE]) for i in range(0, len(data), _PAGE))
+
+    def flush(self) -> bytes:
+        return self._z.flush(zlib.Z_SYNC_FLUSH)
+
+    def finish(self) -> bytes:
+        return self._z.flush(zlib.Z_FINISH)
+
+
+class _Lz4:
+    def __init__(self, level: int | None) -> None:
+        frame = _require("lz4.frame", "lz4")
+        self._c = frame.LZ4FrameCompressor(
+            block_size=frame.BLOCKSIZE_MAX64KB,
+            block_linked=True,
+            content_checksum=False,
+            block_checksum=False,
+            auto_flush=False,
+            compression_level=level or 0,
+        )
+
+    def start(self) -> bytes:
+        header: bytes = self._c.begin()
+        return header
+
+    def compress(self, data: bytes) -> bytes:
+        out: bytes = self._c.compress(data)
+        return out
+
+    def flush(self) -> bytes:
+        out: bytes = self._c.flush()
+        return out
+
+    def finish(self) -> bytes:
+        out: bytes = self._c.end()
+        return out
+
+
+class _Zstd:
+    def __init__(self, level: int | None) -> None:
+        zstandard = _require("zstandard", "zstd")
+        self._mod = zstandard
+        self._c = zstandard.ZstdCompressor(level=level or 3).compressobj()
+
+    def start(self) -> bytes:
+        return b""
+
+    def compress(self, data: bytes) -> bytes:
+        return bytes(self._c.compress(data))
+
+    def flush(self) -> bytes:
+        return bytes(self._c.flush(self._mod.COMPRESSOBJ_FLUSH_BLOCK))
+
+    def finish(self) -> bytes:
+        return bytes(self._c.flush(self._mod.COMPRESSOBJ_FLUSH_FINISH))
+
+
+def _compressor(c: Compression) -> _Compressor | None:
+    if c.method == "gzip":
+        return _Gzip(c.level)
+    if c.method == "lz4":
+        return _Lz4(c.level)
+    if c.method == "zstd":
+        return _Zstd(c.level)
+    return None
+
+
+def _decompressed(path: Path, method: str, limit: int | None = None) -> bytes:
+    """The uncompressed content of a (possibly unfinished) compressed file."""
+    data = path.read_bytes()
+    if method == ".gz":
+        d = zlib.decompressobj(31)
+        return d.decompress(data, limit or 0)
+    if method == ".lz4":
+        frame = _require("lz4.frame", "lz4")
+        dec = frame.LZ4FrameDecompressor()
+        out: bytes = dec.decompress(data)
+        return out
+    if method == ".zst":
+        zstandard = _require("zstandard", "zstd")
+        reader = zstandard.ZstdDecompressor().decompressobj()
+        return bytes(reader.decompress(data))
+    return data
+
+
+@dataclass
+class _Segment:
+    timeline: int
+    segno: int
+    fd: int
+    path: Path  # the .partial being written
+    final: Path  # its name once complete
+    pos: int  # uncompressed bytes written
+    compressor: _Compressor | None
+
+
+class WalDirectory:
+    """The directory a receiver writes WAL into, with pg_receivewal's layout and rules."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        seg_size: int,
+        *,
+        compression: Compression | None = None,
+        sync: bool = True,
+        file_mode: int = 0o600,
+        system_identifier: int | None = None,
+        on_segment_complete: Callable[[Path, int, int], None] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.seg_size = check_seg_size(seg_size)
+        self.compression = compression or Compression()
+        self.sync_enabled = sync
+        self.file_mode = file_mode
+        self.system_identifier = system_identifier
+        self.on_segment_complete = on_segment_complete
+        self.written = LSN(0)
+        self.flushed = LSN(0)
+        self._seg: _Segment | None = None
+        if not self.path.is_dir():
+            raise DiskError(f'could not open directory "{self.path}": No such file or directory')
+
+    # -- the resume scan ------------------------------------------------------
+
+    def find_start(self) -> tuple[LSN, int] | None:
+        """Where to resume streaming, as pg_receivewal's FindStreamingStart decides.
+
+        The highest segment number wins, then the highest timeline; a completed
+        segment beats a partial one (resume at the next segment), a partial one
+        resumes at its own start. Completed files of the wrong size are skipped
+        with a warning. Also checks the system identifier of what it resumes from.
+        """
+        best: tuple[int, int, bool, Path, str] | None = None  # segno, tli, completed
+        for entry in sorted(os.scandir(self.path), key=lambda e: e.name):
+            name = parse_segment_name(entry.name, self.seg_size)
+            if name is None or not entry.is_file():
+                continue
+            path = Path(entry.path)
+            if not name.partial and not self._complete_size_ok(path, name.compression):
+                continue
+            key = (name.segno, name.timeline, not name.partial)
+            if best is None or key > best[:3]:
+                best = (*key, path, name.compression)
+        if best is None:
+            return None
+        segno, tli, completed, path, method = best
+        self._check_system(path, method)
+        start = segno + 1 if completed else segno
+        return LSN(start * self.seg_size), tli
+
+    def _complete_size_ok(self, path: Path, method: str) -> bool:
+        if method == "":
+            size = path.stat().st_size
+        elif method == ".gz":
+            # gzip's ISIZE trailer: the uncompressed size modulo 2**32.
+            with open(path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                if f.tell() < 4:
+                    size = -1
+                else:
+                    f.seek(-4, os.SEEK_END)
+                    size = struct.unpack("<I", f.read(4))[0]
+            if size == self.seg_size % 2**32:
+                return True
+        else:
+            try:
+                size = len(_decompressed(path, method))
+            except Exception as e:  # a damaged file: skip it like a wrong size
+                log.warning('could not decompress "%s": %s', path, e)
+                return False
+        if size != self.seg_size:
+            log.warning('segment file "%s" has incorrect size %d, skipping', path.name, size)
+            return False
+        return True
+
+    def _check_system(self, path: Path, method: str) -> None:
+        if self.system_identifier is None:
+            return
+        try:
+            head = _decompressed(path, method, _LONG_HEADER.size)[: _LONG_HEADER.size]
+        except Exception:
+            return  # an unreadable partial is rewritten anyway
+        if len(head) < _LONG_HEADER.size:
+            return
+        _, info, _, _, _, _, sysid, _, _ = _LONG_HEADER.unpack(head)
+        if info & 0x0002 and sysid and sysid != self.system_identifier:
+            raise DirectoryMismatch(
+                f'WAL file "{path}" belongs to database system {sysid}, but the server is '
+                f"system {self.system_identifier}: use another directory"
+            )
+
+    # -- writing --------------------------------------------------------------
+
+    def write(self, lsn: int, data: bytes, timeline: int) -> None:
+        """Write WAL received at ``lsn``; segments open, pad and complete as needed."""
+        view = memoryview(data)
+        while view:
+            segno, offset = divmod(lsn, self.seg_size)
+            seg = self._seg
+            if seg is None or seg.segno != segno or seg.timeline != timeline:
+                if seg is not None:
+                    self.close()
+                if offset != 0:
+                    raise DiskError(
+                        f"received WAL at {LSN(lsn)}, in the middle of a segment with no file open"
+                    )
+                seg = self._open(timeline, segno)
+            elif offset != seg.pos:
+                raise DiskError(
+                    f'got WAL data offset {offset:08x}, expected {seg.pos:08x} in "{seg.path}"'
+                )
+            n = min(len(view), self.seg_size - offset)
+            chunk = view[:n]
+            self._write_chunk(seg, chunk)
+            seg.pos += n
+            lsn += n
+            view = view[n:]
+            self.written = LSN(lsn)
+            if seg.pos == self.seg_size:
+                self._complete(seg)
+
+    def _write_chunk(self, seg: _Segment, chunk: memoryview) -> None:
+        try:
+            if seg.compressor is None:
+                os.pwrite(seg.fd, chunk, seg.pos)
+            else:
+                out = seg.compressor.compress(bytes(chunk))
+                if out:
+                    os.write(seg.fd, out)
+        except OSError as e:
+            raise self._disk_error("could not write to file", seg.path, e) from e
+
+    def _open(self, timeline: int, segno: int) -> _Segment:
+        name = segment_name(timeline, segno, self.seg_size) + self.compression.suffix
+        final = self.path / name
+        path = self.path / (name + ".partial")
+        compressor = _compressor(self.compression)
+        try:
+            if compressor is None:
+                fd = self._open_plain(path)
+            else:
+                # Rewritten from the segment's start: truncating leaves no
+                # trailing garbage from an earlier, longer stream.
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, self.file_mode)
+                os.fchmod(fd, self.file_mode)
+                os.write(fd, compressor.start())
+            if self.sync_enabled:
+                os.fsync(fd)
+                self._fsync_dir()
+        except OSError as e:
+            raise self._disk_error("could not create file", path, e) from e
+        self._seg = _Segment(timeline, segno, fd, path, final, 0, compressor)
+        return self._seg
+
+    def _open_plain(self, path: Path) -> int:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, self.file_mode)
+        try:
+            os.fchmod(fd, self.file_mode)
+            size = os.fstat(fd).st_size
+            if size == self.seg_size:
+                return fd  # reopened: rewritten in place from the start
+            if size != 0:
+                # pg_receivewal fails forever here ("should be 0 or WalSegSz"):
+                # a crash during pre-padding left this. Streaming restarts at the
+                # segment's start, so padding again loses nothing.
+                log.warning(
+                    'segment file "%s" has %d bytes, should be 0 or %d: padding it again',
+                    path.name,
+                    size,
+                    self.seg_size,
+                )
+            zeros = bytes(_PAGE)
+            for offset in range(0, self.seg_size, _PAGE):
+                os.pwrite(fd, zeros, offset)
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _complete(self, seg: _Segment) -> None:
+        """Close, make durable and rename a segment whose last byte is written."""
+        self._seg = None
+        try:
+            if seg.compressor is not None:
+                os.write(seg.fd, seg.compressor.finish())
+            if self.sync_enabled:
+                os.fsync(seg.fd)
+            os.close(seg.fd)
+            os.rename(seg.path, seg.final)
+            if self.sync_enabled:
+                fd = os.open(seg.final, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                self._fsync_dir()
+                self.flushed = LSN((seg.segno + 1) * self.seg_size)
+        except OSError as e:
+            raise self._disk_error("could not complete segment", seg.path, e) from e
+        if self.on_segment_complete is not None:
+            self.on_segment_complete(seg.final, seg.timeline, seg.segno)
+
+    def sync(self) -> LSN:
+        """Make everything written durable (a sync point for compressors); return flushed."""
+        seg = self._seg
+        if not self.sync_enabled:
+            return self.flushed
+        if seg is not None:
+            try:
+                if seg.compressor is not None:
+                    out = seg.compressor.flush()
+                    if out:
+                        os.write(seg.fd, out)
+                os.fsync(seg.fd)
+            except OSError as e:
+                raise self._disk_error("could not fsync file", seg.path, e) from e
+        self.flushed = self.written
+        return self.flushed
+
+    def close(self) -> None:
+        """Close the open segment without renaming it (it stays ``.partial``)."""
+        seg, self._seg = self._seg, None
+        if seg is None:
+            return
+        try:
+            if seg.compressor is not None:
+                os.write(seg.fd, seg.compressor.finish())
+            if self.sync_enabled:
+                os.fsync(seg.fd)
+            os.close(seg.fd)
+            if self.sync_enabled:
+                self._fsync_dir()
+                self.flushed = self.written
+        except OSError as e:
+            raise self._disk_error("could not close file", seg.path, e) from e
+
+    # -- history files --------------------------------------------------------
+
+    def has_history(self, timeline: int) -> bool:
+        name = history_file_name(timeline)
+        return (self.path / name).exists() or (
+            self.path / (name + self.compression.suffix)
+        ).exists()
+
+    def write_history(self, timeline: int, content: bytes) -> None:
+        """Write ``%08X.history`` as pg_receivewal does: ``.tmp`` first, then a durable rename."""
+        final = self.path / (history_file_name(timeline) + self.compression.suffix)
+        tmp = final.with_name(final.name + ".tmp")
+        compressor = _compressor(self.compression)
+        data = (
+            content
+            if compressor is None
+            else compressor.start() + compressor.compress(content) + compressor.finish()
+        )
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, self.file_mode)
+            try:
+                os.fchmod(fd, self.file_mode)
+                os.write(fd, data)
+                if self.sync_enabled:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, final)
+            if self.sync_enabled:
+                self._fsync_dir()
+        except OSError as e:
+            raise self._disk_error("could not write timeline history file", final, e) from e
+
+    # -- helpers --------------------------------------------------------------
+
+    def _fsync_dir(self) -> None:
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _disk_error(what: str, path: Path, e: OSError) -> DiskError:
+        return DiskError(f'{what} "{path}": {e.strerror or e}')

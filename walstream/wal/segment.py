@@ -1,0 +1,153 @@
+"""WAL segment and timeline-history file names, and history file contents.
+
+Pure functions shared by the receiver, startup and sender roles. The naming
+is PostgreSQL's ``XLogFileName``: ``%08X%08X%08X`` of the timeline, the
+segment number divided by segments-per-xlogid (``2**32 // seg_size``) and its
+remainder, so the split depends on the segment size.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+from walstream.errors import Error
+from walstream.lsn import LSN
+
+__all__ = [
+    "COMPRESSION_SUFFIXES",
+    "HistoryEntry",
+    "SegmentName",
+    "history_file_name",
+    "parse_history",
+    "parse_segment_name",
+    "parse_size_setting",
+    "segment_name",
+    "segment_start",
+    "segno_of",
+    "timeline_of",
+]
+
+MIN_SEG_SIZE: Final = 1024 * 1024
+MAX_SEG_SIZE: Final = 1024 * 1024 * 1024
+COMPRESSION_SUFFIXES: Final = ("", ".gz", ".lz4", ".zst")
+
+_SEGMENT_RE: Final = re.compile(
+    r"([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})(\.gz|\.lz4|\.zst)?(\.partial)?"
+)
+_SIZE_RE: Final = re.compile(r"(\d+)\s*(kB|MB|GB)")
+_UNITS: Final = {"kB": 1024, "MB": 1024 * 1024, "GB": 1024 * 1024 * 1024}
+
+
+class HistoryFileError(Error):
+    """A timeline history file that PostgreSQL would refuse."""
+
+
+def check_seg_size(seg_size: int) -> int:
+    if not (MIN_SEG_SIZE <= seg_size <= MAX_SEG_SIZE) or seg_size & (seg_size - 1):
+        raise ValueError(
+            f"WAL segment size must be a power of two between 1 MB and 1 GB, not {seg_size} bytes"
+        )
+    return seg_size
+
+
+def parse_size_setting(text: str) -> int:
+    """``SHOW wal_segment_size`` output ("16MB", "1GB") in bytes, validated."""
+    m = _SIZE_RE.fullmatch(text.strip())
+    if m is None:
+        raise ValueError(f'could not parse WAL segment size "{text}"')
+    return check_seg_size(int(m.group(1)) * _UNITS[m.group(2)])
+
+
+def segno_of(lsn: int, seg_size: int) -> int:
+    return lsn // seg_size
+
+
+def segment_start(lsn: int, seg_size: int) -> LSN:
+    return LSN(lsn - lsn % seg_size)
+
+
+def segment_name(timeline: int, segno: int, seg_size: int) -> str:
+    per_id = 0x100000000 // seg_size
+    return f"{timeline:08X}{segno // per_id:08X}{segno % per_id:08X}"
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentName:
+    timeline: int
+    segno: int
+    compression: str  # "", ".gz", ".lz4" or ".zst"
+    partial: bool
+
+    def file_name(self, seg_size: int) -> str:
+        return (
+            segment_name(self.timeline, self.segno, seg_size)
+            + self.compression
+            + (".partial" if self.partial else "")
+        )
+
+
+def parse_segment_name(name: str, seg_size: int) -> SegmentName | None:
+    """The parts of a segment file name as pg_receivewal writes them, or None."""
+    m = _SEGMENT_RE.fullmatch(name)
+    if m is None:
+        return None
+    tli, log_id, seg = (int(g, 16) for g in m.group(1, 2, 3))
+    per_id = 0x100000000 // seg_size
+    if tli == 0 or seg >= per_id:
+        return None
+    return SegmentName(tli, log_id * per_id + seg, m.group(4) or "", m.group(5) is not None)
+
+
+def history_file_name(timeline: int) -> str:
+    return f"{timeline:08X}.history"
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One line of a history file: ``parent_tli`` ended at ``switchpoint``."""
+
+    parent_tli: int
+    switchpoint: LSN
+    reason: str
+
+
+def parse_history(content: bytes) -> list[HistoryEntry]:
+    """Parse a ``%08X.history`` file with PostgreSQL's rules (readTimeLineHistory)."""
+    try:
+        text = content.decode()
+    except UnicodeDecodeError as e:
+        raise HistoryFileError(f"invalid data in history file: {e}") from None
+    entries: list[HistoryEntry] = []
+    for line in text.splitlines():
+        stripped = line.lstrip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        fields = stripped.split("\t")
+        if len(fields) < 2:
+            fields = stripped.split(None, 2)
+        if len(fields) < 2:
+            raise HistoryFileError(
+                f"syntax error in history file: {line!r}\n"
+                "Expected a write-ahead log switchpoint location."
+            )
+        try:
+            tli = int(fields[0])
+            switchpoint = LSN.parse(fields[1])
+        except ValueError:
+            raise HistoryFileError(f"syntax error in history file: {line!r}") from None
+        if entries and tli <= entries[-1].parent_tli:
+            raise HistoryFileError(
+                "invalid data in history file: timeline IDs must be in increasing sequence"
+            )
+        entries.append(HistoryEntry(tli, switchpoint, fields[2].strip() if len(fields) > 2 else ""))
+    return entries
+
+
+def timeline_of(lsn: int, history: list[HistoryEntry], current_tli: int) -> int:
+    """Which timeline of ``history`` (ending in ``current_tli``) holds ``lsn``."""
+    for entry in history:
+        if lsn < entry.switchpoint:
+            return entry.parent_tli
+    return current_tli
