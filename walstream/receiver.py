@@ -1,20 +1,680 @@
 """The walreceiver role: stream WAL from a primary into a pg_receivewal-style directory.
 
-Built in issue #3 on top of :mod:`walstream.connection`. Until then this module
-only reserves the role's place in the layout, and its CLI says so.
+:class:`WalReceiver` is the embeddable service; :func:`main` is the
+``pg_receivewal``-compatible command line (``python -m walstream.receiver`` or
+``walstream receive``).
+
+How the pieces fit: the connection delivers XLogData in batches (everything
+one socket read completed); each batch is written by the disk layer
+(:mod:`walstream.wal.directory`, which owns pre-padding, fsync, rename and
+compression) in a dedicated worker thread, so the event loop stays free to
+send status updates while the disk is slow; in synchronous mode the same
+thread fsyncs the batch before the status update that reports it goes out.
+The status policy (:mod:`walstream.protocol.standby`) decides when updates go
+out and never lets a flush position run ahead of an fsync.
 """
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import getpass
+import logging
+import os
+import shlex
+import signal
 import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
 
-__all__ = ["main"]
+from walstream.connection import ReplicationConnection, ReplicationStream, connect
+from walstream.errors import ConnectError, Error, ProtocolViolation, ServerError
+from walstream.lsn import LSN
+from walstream.protocol.replication import PrimaryKeepalive, XLogData
+from walstream.protocol.standby import StatusPolicy
+from walstream.wal.directory import Compression, WalDirectory
+from walstream.wal.segment import parse_history, parse_size_setting, segment_start
+
+__all__ = ["ReceiverOptions", "ReceiverStatus", "WalReceiver", "main"]
+
+log = logging.getLogger("walstream.receiver")
+
+PROGNAME: Final = "walstream receive"
+
+# Server errors that no retry can cure: authentication and authorization,
+# missing slots, WAL the server no longer has. Anything else (connection
+# lost, server restarting, too many senders) is worth another attempt.
+_FATAL_SQLSTATES: Final = frozenset({"28P01", "28000", "42501", "42704", "58P01", "0A000"})
+
+
+class ReceiverError(Error):
+    """A fatal condition of the receiver itself (directory, options, server identity)."""
+
+
+@dataclass(frozen=True)
+class ReceiverOptions:
+    """What to receive, from where, and how durably.
+
+    ``conninfo`` and ``connect_params`` are passed to
+    :func:`walstream.connect`; the CLI maps ``-d/-h/-p/-U`` onto them.
+    """
+
+    directory: Path
+    conninfo: str = ""
+    connect_params: dict[str, str] = field(default_factory=dict)
+    slot: str | None = None
+    synchronous: bool = False
+    sync: bool = True
+    status_interval: float = 10.0
+    endpos: LSN | None = None
+    loop: bool = True
+    compression: Compression = field(default_factory=lambda: Compression.parse("none"))
+    retry_interval: float = 5.0
+    on_segment_complete: Callable[[Path], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.synchronous and not self.sync:
+            raise ReceiverError("cannot use --synchronous together with --no-sync")
+
+
+@dataclass(frozen=True)
+class ReceiverStatus:
+    """A snapshot for monitoring: positions, timeline, throughput and lag."""
+
+    state: str  # connecting, streaming, waiting, stopped
+    host: str | None
+    timeline: int | None
+    write: LSN
+    flush: LSN
+    apply: LSN
+    server_wal_end: LSN
+    bytes_per_second: float
+    segments_completed: int
+
+    @property
+    def lag_bytes(self) -> int:
+        """How far the durable position trails the server's end of WAL."""
+        return max(0, self.server_wal_end - self.flush)
+
+
+class WalReceiver:
+    """Receive WAL into a directory until stopped, endpos is reached, or a fatal error."""
+
+    def __init__(self, options: ReceiverOptions) -> None:
+        self.options = options
+        self.policy = StatusPolicy(
+            interval=options.status_interval or None,
+            report_flush=options.sync and (options.synchronous or options.slot is not None),
+            report_on_flush=options.synchronous,
+        )
+        self._state = "connecting"
+        self._host: str | None = None
+        self._timeline: int | None = None
+        self._server_wal_end = LSN(0)
+        self._segments_completed = 0
+        self._rate = 0.0
+        self._rate_mark = (time.monotonic(), LSN(0))
+        self._stop = asyncio.Event()
+        self._stream: ReplicationStream | None = None
+        self._directory: WalDirectory | None = None
+        # One thread for all disk work keeps writes, fsyncs and renames in order.
+        self._disk = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="walstream-disk")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._expected = LSN(0)  # where the next XLogData of the current stream must start
+
+    # -- public API ---------------------------------------------------------
+
+    def status(self) -> ReceiverStatus:
+        return ReceiverStatus(
+            state=self._state,
+            host=self._host,
+            timeline=self._timeline,
+            write=self.policy.write,
+            flush=self.policy.flush,
+            apply=self.policy.apply,
+            server_wal_end=self._server_wal_end,
+            bytes_per_second=self._rate,
+            segments_completed=self._segments_completed,
+        )
+
+    def stop(self) -> None:
+        """Ask for a clean stop: what was received is flushed, nothing is lost."""
+        self._stop.set()
+
+    def report_applied(self, position: int) -> None:
+        """The startup role's replay position, sent as 'apply' in status updates."""
+        self.policy.applied(position)
+        self._send_due_status()
+
+    async def run(self) -> None:
+        """Stream until endpos or :meth:`stop`; raise on a fatal error.
+
+        Connection losses are retried with backoff (unless ``loop`` is off),
+        over every host of a multi-host conninfo.
+        """
+        self._loop = asyncio.get_running_loop()
+        delay = 0.5
+        first = True
+        try:
+            while not self._stop.is_set():
+                try:
+                    done = await self._session()
+                    first = False
+                    delay = 0.5
+                    if done:
+                        return
+                except (ConnectError, ProtocolViolation, ServerError) as e:
+                    if isinstance(e, ServerError) and e.sqlstate in _FATAL_SQLSTATES:
+                        raise
+                    if first or not self.options.loop:
+                        raise
+                    self._state = "waiting"
+                    log.warning("%s; retrying in %.1f s", e, delay)
+                await self._sleep(delay)
+                delay = min(delay * 2, self.options.retry_interval)
+        finally:
+            self._state = "stopped"
+            await self._close_directory()
+            self._disk.shutdown(wait=True)
+
+    # -- one connection -----------------------------------------------------
+
+    async def _connect(self) -> ReplicationConnection:
+        params: dict[str, Any] = dict(self.options.connect_params)
+        params.setdefault("replication", "true")
+        params.setdefault("fallback_application_name", "walstream")
+        return await connect(self.options.conninfo, **params)
+
+    async def _session(self) -> bool:
+        """One connection's worth of streaming; True when the job is done."""
+        self._state = "connecting"
+        conn = await self._connect()
+        self._host = f"{conn.host.host}:{conn.host.port}"
+        try:
+            return await self._stream_from(conn)
+        finally:
+            await self._close_directory()
+            await conn.close()
+
+    async def _stream_from(self, conn: ReplicationConnection) -> bool:
+        mode = await conn.show("data_directory_mode")
+        system = await conn.identify_system()
+        seg_size = parse_size_setting(await conn.show("wal_segment_size"))
+        directory = self._open_directory(seg_size, system.systemid, mode)
+        start, timeline = await self._start_position(
+            conn, directory, system.xlogpos, system.timeline
+        )
+        log.info("starting log streaming at %s (timeline %d)", start, timeline)
+        while True:
+            await self._ensure_history(conn, directory, timeline)
+            self._timeline = timeline
+            try:
+                stream = await conn.start_replication(
+                    start, timeline=timeline, slot=self.options.slot
+                )
+            except ServerError as e:
+                fork = await self._fork_point(conn, e, timeline)
+                if fork is None:
+                    raise
+                start = LSN(segment_start(fork, seg_size))
+                log.warning("%s; restarting at the fork point's segment %s", e.message, start)
+                await self._close_directory(keep=True)
+                continue
+            outcome = await self._copy(stream, directory)
+            if outcome == "done":
+                return True
+            next_tl = await stream.end()
+            if next_tl is None:
+                if outcome == "stopped":
+                    return True
+                raise ConnectError("replication stream ended by the server")
+            if next_tl.timeline <= timeline or next_tl.start > self.policy.write:
+                raise ProtocolViolation(
+                    f"server reported unexpected next timeline {next_tl.timeline} at "
+                    f"{next_tl.start}, following timeline {timeline} which ended at "
+                    f"{self.policy.write}"
+                )
+            log.info("switched to timeline %d at %s", next_tl.timeline, next_tl.start)
+            await self._close_directory(keep=True)  # the old timeline's segment stays .partial
+            timeline = next_tl.timeline
+            start = LSN(segment_start(next_tl.start, seg_size))
+
+    def _open_directory(
+        self, seg_size: int, systemid: int, data_directory_mode: str
+    ) -> WalDirectory:
+        if self._directory is not None:
+            return self._directory
+        group = int(data_directory_mode, 8) & 0o040 if data_directory_mode.isdigit() else 0
+        self._directory = WalDirectory(
+            self.options.directory,
+            seg_size,
+            compression=self.options.compression,
+            sync=self.options.sync,
+            file_mode=0o640 if group else 0o600,
+            system_identifier=systemid,
+            on_segment_complete=self._segment_completed,
+        )
+        return self._directory
+
+    async def _start_position(
+        self, conn: ReplicationConnection, directory: WalDirectory, xlogpos: LSN, timeline: int
+    ) -> tuple[LSN, int]:
+        """pg_receivewal's order: the directory, then the slot, then the server's position."""
+        seg_size = directory.seg_size
+        if self.policy.write:
+            # Reconnecting: continue from the segment holding what we last received.
+            return LSN(segment_start(self.policy.write, seg_size)), self._timeline or timeline
+        found: tuple[LSN, int] | None = await self._in_disk_thread(directory.find_start)
+        if found is not None:
+            return found
+        if self.options.slot is not None and conn.server_version >= 150000:
+            slot = await conn.read_replication_slot(self.options.slot)
+            if slot is None:
+                raise ReceiverError(f'replication slot "{self.options.slot}" does not exist')
+            if slot.restart_lsn is not None and slot.restart_tli is not None:
+                return LSN(segment_start(slot.restart_lsn, seg_size)), slot.restart_tli
+        return LSN(segment_start(xlogpos, seg_size)), timeline
+
+    async def _ensure_history(
+        self, conn: ReplicationConnection, directory: WalDirectory, timeline: int
+    ) -> None:
+        if timeline > 1 and not directory.has_history(timeline):
+            history = await conn.timeline_history(timeline)
+            await self._in_disk_thread(directory.write_history, timeline, history.content)
+
+    async def _fork_point(
+        self, conn: ReplicationConnection, error: ServerError, timeline: int
+    ) -> LSN | None:
+        """Where our timeline left the server's history, if that is what the server said.
+
+        pg_receivewal stops for good with "requested starting point ... is not
+        in this server's history" after a failover that lost WAL we had
+        received; the server's history says where its timeline forked from
+        ours, and streaming that segment again on the new timeline loses
+        nothing (our extra WAL stays in the old timeline's .partial file).
+        """
+        if error.sqlstate != "XX000" or "is not in this server's history" not in error.message:
+            return None
+        server = await conn.identify_system()
+        if server.timeline <= timeline:
+            return None
+        history = parse_history((await conn.timeline_history(server.timeline)).content)
+        for entry in history:
+            if entry.parent_tli == timeline:
+                return entry.switchpoint
+        return None
+
+    # -- streaming ----------------------------------------------------------
+
+    async def _copy(self, stream: ReplicationStream, directory: WalDirectory) -> str:
+        """Receive until the server ends the timeline ("ended"), endpos ("done") or stop."""
+        self._stream = stream
+        self._state = "streaming"
+        self.policy.restart(stream.start)
+        self._expected = stream.start
+        ticker = asyncio.create_task(self._status_ticker())
+        stop_wait = asyncio.create_task(self._stop.wait())
+        endpos = self.options.endpos
+        timeline = self._timeline or 1
+        try:
+            self._send_due_status()
+            while True:
+                read = asyncio.ensure_future(stream.read())
+                await asyncio.wait({read, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                if not read.done():
+                    read.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await read
+                    await self._flush(directory)
+                    await stream.end()
+                    return "stopped"
+                events = read.result()
+                if not events:
+                    return "ended"
+                chunks: list[XLogData] = []
+                reply = False
+                for ev in events:
+                    if isinstance(ev, XLogData):
+                        chunks.append(ev)
+                        if ev.wal_end > self._server_wal_end:
+                            self._server_wal_end = ev.wal_end
+                    elif isinstance(ev, PrimaryKeepalive):
+                        if ev.wal_end > self._server_wal_end:
+                            self._server_wal_end = ev.wal_end
+                        reply = reply or ev.reply_requested
+                if chunks:
+                    await self._write(directory, chunks, timeline)
+                if reply:
+                    # pg_receivewal fsyncs before answering when it reports flush.
+                    if self.policy.report_flush:
+                        await self._flush(directory)
+                    self.policy.reply_requested()
+                self._send_due_status()
+                if endpos is not None and self.policy.write > endpos:  # as pg_receivewal: past it
+                    await self._flush(directory)
+                    await stream.end()
+                    log.info("end position %s reached", endpos)
+                    return "done"
+        finally:
+            ticker.cancel()
+            stop_wait.cancel()
+            self._stream = None
+
+    async def _write(self, directory: WalDirectory, chunks: list[XLogData], timeline: int) -> None:
+        for ev in chunks:
+            if ev.data_start != self._expected:
+                raise ProtocolViolation(
+                    f"received WAL at {ev.data_start}, expected {self._expected}: "
+                    "the stream has a gap"
+                )
+            self._expected = ev.data_end
+
+        def write_batch() -> LSN | None:
+            for ev in chunks:
+                directory.write(ev.data_start, ev.data, timeline)
+            return directory.sync() if self.options.synchronous else None
+
+        flushed = await self._in_disk_thread(write_batch)
+        end = chunks[-1].data_end
+        self.policy.received(end)
+        self._update_rate(end)
+        self.policy.flushed(directory.flushed if flushed is None else flushed)
+
+    async def _flush(self, directory: WalDirectory) -> None:
+        if self.options.sync:
+            self.policy.flushed(await self._in_disk_thread(directory.sync))
+
+    def _update_rate(self, end: LSN) -> None:
+        now = time.monotonic()
+        then, mark = self._rate_mark
+        if now - then >= 1.0:
+            self._rate = (end - mark) / (now - then) if mark else 0.0
+            self._rate_mark = (now, end)
+
+    def _send_due_status(self) -> None:
+        stream = self._stream
+        if stream is None or stream.server_ended:
+            return
+        update = self.policy.poll(time.monotonic(), time.time())
+        if update is not None:
+            try:
+                stream.send_status(update.write, update.flush, update.apply)
+            except Error as e:
+                log.debug("status update not sent: %s", e)
+
+    async def _status_ticker(self) -> None:
+        """Send periodic updates even while the main loop waits for the disk."""
+        while True:
+            deadline = self.policy.deadline(time.monotonic())
+            delay = 1.0 if deadline is None else max(0.0, deadline - time.monotonic())
+            await asyncio.sleep(min(delay, 1.0))
+            self._send_due_status()
+
+    # -- helpers ------------------------------------------------------------
+
+    async def _in_disk_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._disk, fn, *args)
+
+    async def _close_directory(self, *, keep: bool = False) -> None:
+        directory = self._directory
+        if directory is None:
+            return
+        await self._in_disk_thread(directory.close)
+        self.policy.flushed(directory.flushed)
+        if not keep:
+            self._directory = None
+
+    def _segment_completed(self, path: Path, timeline: int, segno: int) -> None:
+        # Called in the disk thread once the rename is durable.
+        self._segments_completed += 1
+        hook = self.options.on_segment_complete
+        if hook is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(hook, path)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+_DESCRIPTION = """\
+walstream receive streams write-ahead log from a PostgreSQL server into a
+directory, as pg_receivewal does (same options, files and exit codes), and can
+be a synchronous standby. It resumes from what the directory holds, follows
+timeline switches and, with several hosts in the connection string, failovers.
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROGNAME,
+        description=_DESCRIPTION,
+        add_help=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Exit status: 0 after --endpos, SIGINT or SIGTERM (clean stop); 1 on a fatal error.",
+    )
+    o = p.add_argument_group("Options")
+    o.add_argument(
+        "-D", "--directory", metavar="DIR", help="receive write-ahead log files into this directory"
+    )
+    o.add_argument("-E", "--endpos", metavar="LSN", help="exit after receiving the specified LSN")
+    o.add_argument(
+        "--if-not-exists",
+        action="store_true",
+        help="do not error if slot already exists when creating a slot",
+    )
+    o.add_argument("-n", "--no-loop", action="store_true", help="do not loop on connection lost")
+    o.add_argument(
+        "--no-sync",
+        action="store_true",
+        help="do not wait for changes to be written safely to disk",
+    )
+    o.add_argument(
+        "-s",
+        "--status-interval",
+        metavar="SECS",
+        type=float,
+        default=10.0,
+        help="time between status packets sent to server (default: 10)",
+    )
+    o.add_argument("-S", "--slot", metavar="SLOTNAME", help="replication slot to use")
+    o.add_argument(
+        "--synchronous", action="store_true", help="flush write-ahead log immediately after writing"
+    )
+    o.add_argument("-v", "--verbose", action="count", default=0, help="output verbose messages")
+    o.add_argument(
+        "-V", "--version", action="store_true", help="output version information, then exit"
+    )
+    o.add_argument(
+        "-Z",
+        "--compress",
+        metavar="METHOD[:DETAIL]",
+        default="none",
+        help="compress as specified: gzip[:1-9], lz4[:1-12], zstd[:1-22], none, or a gzip level",
+    )
+    o.add_argument("-?", "--help", action="help", help="show this help, then exit")
+    c = p.add_argument_group("Connection options")
+    c.add_argument(
+        "-d",
+        "--dbname",
+        metavar="CONNSTR",
+        default="",
+        help="connection string or postgresql:// URI (several hosts: failover)",
+    )
+    c.add_argument(
+        "-h", "--host", metavar="HOSTNAME", help="database server host or socket directory"
+    )
+    c.add_argument("-p", "--port", metavar="PORT", help="database server port number")
+    c.add_argument("-U", "--username", metavar="NAME", help="connect as specified database user")
+    c.add_argument("-w", "--no-password", action="store_true", help="never prompt for password")
+    c.add_argument("-W", "--password", action="store_true", help="force password prompt")
+    c.add_argument(
+        "--primary", metavar="HOST[:PORT]", help="the primary to stream from (shorthand for -h/-p)"
+    )
+    c.add_argument(
+        "--application-name",
+        metavar="NAME",
+        help="application_name, as named in synchronous_standby_names",
+    )
+    a = p.add_argument_group("Optional actions")
+    a.add_argument(
+        "--create-slot",
+        action="store_true",
+        help="create a new replication slot (for the slot's name see --slot)",
+    )
+    a.add_argument(
+        "--drop-slot",
+        action="store_true",
+        help="drop the replication slot (for the slot's name see --slot)",
+    )
+    a.add_argument(
+        "--on-segment-complete",
+        metavar="CMD",
+        help="run CMD after each completed segment (%%p: path, %%f: file name)",
+    )
+    return p
+
+
+def _connect_params(args: argparse.Namespace) -> dict[str, str]:
+    params: dict[str, str] = {}
+    if args.primary:
+        host, sep, port = args.primary.rpartition(":")
+        if sep and port.isdigit() and not host.endswith("]"):
+            params["host"], params["port"] = host.strip("[]"), port
+        else:
+            params["host"] = args.primary.strip("[]")
+    if args.host:
+        params["host"] = args.host
+    if args.port:
+        params["port"] = args.port
+    if args.username:
+        params["user"] = args.username
+    if args.application_name:
+        params["application_name"] = args.application_name
+    return params
+
+
+_hook_tasks: set[asyncio.Future[None]] = set()  # keeps running hook commands referenced
+
+
+def _segment_hook(command: str) -> Callable[[Path], None]:
+    def run(path: Path) -> None:
+        cmd = command.replace("%p", shlex.quote(str(path))).replace("%f", shlex.quote(path.name))
+
+        async def spawn() -> None:
+            proc = await asyncio.create_subprocess_shell(cmd)
+            rc = await proc.wait()
+            if rc != 0:
+                log.warning("--on-segment-complete command failed with exit code %d: %s", rc, cmd)
+
+        task = asyncio.ensure_future(spawn())
+        _hook_tasks.add(task)
+        task.add_done_callback(_hook_tasks.discard)
+
+    return run
+
+
+async def _slot_action(args: argparse.Namespace, params: dict[str, str]) -> None:
+    conn = await connect(
+        args.dbname, replication="true", fallback_application_name="walstream", **params
+    )
+    async with conn:
+        if args.create_slot:
+            log.info('creating replication slot "%s"', args.slot)
+            try:
+                await conn.create_replication_slot(args.slot)
+            except ServerError as e:
+                if not (args.if_not_exists and e.sqlstate == "42710"):
+                    raise
+                log.info('replication slot "%s" already exists', args.slot)
+        else:
+            log.info('dropping replication slot "%s"', args.slot)
+            await conn.drop_replication_slot(args.slot)
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("walstream receive: not implemented yet (issue #3)", file=sys.stderr)
-    return 1
+    args = _parser().parse_args(argv)
+    if args.version:
+        from walstream import __version__
+
+        print(f"{PROGNAME} (walstream) {__version__}")
+        return 0
+    logging.basicConfig(
+        level=logging.DEBUG
+        if args.verbose > 1
+        else logging.INFO
+        if args.verbose
+        else logging.WARNING,
+        format=f"{PROGNAME}: %(message)s",
+    )
+    params = _connect_params(args)
+    if args.password:
+        params["password"] = getpass.getpass("Password: ")
+
+    def fail(message: str) -> int:
+        print(f"{PROGNAME}: error: {message}", file=sys.stderr)
+        return 1
+
+    if (args.create_slot or args.drop_slot) and not args.slot:
+        return fail("replication slot needed with action --create-slot or --drop-slot")
+    if args.create_slot and args.drop_slot:
+        return fail("cannot use --create-slot together with --drop-slot")
+    if args.synchronous and args.no_sync:
+        return fail("cannot use --synchronous together with --no-sync")
+    try:
+        if args.create_slot or args.drop_slot:
+            asyncio.run(_slot_action(args, params))
+            if not args.directory:
+                return 0
+        if not args.directory:
+            return fail("no target directory specified")
+        directory = Path(args.directory)
+        if not directory.is_dir():
+            return fail(f'could not open directory "{directory}": No such file or directory')
+        options = ReceiverOptions(
+            directory=directory,
+            conninfo=args.dbname,
+            connect_params=params,
+            slot=args.slot,
+            synchronous=args.synchronous,
+            sync=not args.no_sync,
+            status_interval=args.status_interval,
+            endpos=LSN.parse(args.endpos) if args.endpos else None,
+            loop=not args.no_loop,
+            compression=Compression.parse(args.compress),
+            on_segment_complete=_segment_hook(args.on_segment_complete)
+            if args.on_segment_complete
+            else None,
+        )
+    except (ValueError, Error) as e:
+        return fail(str(e))
+    return asyncio.run(_run_cli(options))
+
+
+async def _run_cli(options: ReceiverOptions) -> int:
+    receiver = WalReceiver(options)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, receiver.stop)
+    try:
+        await receiver.run()
+    except (Error, OSError) as e:
+        print(f"{PROGNAME}: error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return 0
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     sys.exit(main())

@@ -1,0 +1,266 @@
+"""The receiver against pg_receivewal, the primary and pg_stat_replication as oracles."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from walstream import LSN
+
+from .pgcluster import PgCluster
+
+VERSIONS = [15, 16, 18]
+IDS = [f"pg{v}" for v in VERSIONS]
+
+
+def _receiver_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "walstream.receiver", *args]
+
+
+def _receivewal_cmd(cluster: PgCluster, *args: str) -> list[str]:
+    return [str(cluster.program("pg_receivewal")), *args]
+
+
+def _generate_wal(cluster: PgCluster, segments: int) -> LSN:
+    """Real WAL across several segments: rows, and segment switches with zero tails."""
+    cluster.psql("CREATE TABLE IF NOT EXISTS gen(x int, pad text)")
+    for i in range(segments):
+        cluster.psql(
+            f"INSERT INTO gen SELECT g, repeat('w', 300) FROM generate_series(1, {500 + i}) g"
+        )
+        if i % 2:
+            cluster.psql("SELECT pg_switch_wal()")
+    return LSN.parse(cluster.current_lsn())
+
+
+def _wait(predicate: Callable[[], bool], timeout: float = 60, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _gunzip_partial(data: bytes) -> bytes:
+    """Decompress a gzip stream that may not be finished (an open .gz.partial)."""
+    return zlib.decompressobj(31).decompress(data)
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def _modes(directory: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mode & 0o777 for p in directory.iterdir()}
+
+
+@contextlib.contextmanager
+def _running(cmd: list[str]) -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)
+
+
+def _run_both(
+    cluster: PgCluster, tmp_path: Path, *extra: str, segments: int = 6
+) -> tuple[Path, Path, LSN]:
+    """Stream one range with pg_receivewal and with walstream, from slots made at the same point."""
+    ours, theirs = tmp_path / "walstream", tmp_path / "pg_receivewal"
+    ours.mkdir()
+    theirs.mkdir()
+    for d in (ours, theirs):
+        d.chmod(0o777)  # pg_receivewal runs as root here anyway; keep it simple
+    slots = {"ws_ours": ours, "ws_theirs": theirs}
+    for slot in slots:
+        cluster.psql(f"SELECT pg_create_physical_replication_slot('{slot}', true)")
+    try:
+        endpos = _generate_wal(cluster, segments)
+        # Both tools stop once past endpos: give them WAL beyond it now rather
+        # than waiting for the server's next background record.
+        cluster.psql("INSERT INTO gen VALUES (0, 'past endpos')")
+        conninfo = cluster.conninfo("scram_user", "scrampass")
+        common = ["-n", "-E", str(endpos), "--no-sync", *extra]
+        mine = subprocess.run(
+            _receiver_cmd("-d", conninfo, "-D", str(ours), "-S", "ws_ours", *common),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert mine.returncode == 0, mine.stderr
+        ref = subprocess.run(
+            _receivewal_cmd(cluster, "-d", conninfo, "-D", str(theirs), "-S", "ws_theirs", *common),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert ref.returncode == 0, ref.stderr
+    finally:
+        for slot in slots:
+            cluster.psql(f"SELECT pg_drop_replication_slot('{slot}')")
+    return ours, theirs, endpos
+
+
+def _assert_same_directories(ours: Path, theirs: Path, endpos: LSN, seg_size: int) -> None:
+    a, b = _files(ours), _files(theirs)
+    assert sorted(a) == sorted(b)
+    assert _modes(ours) == _modes(theirs)
+    for name in a:
+        if ".partial" not in name:
+            assert a[name] == b[name], f"{name} differs"
+            continue
+        # The open segment holds whole XLogData messages past endpos, and how
+        # far past depends on timing; up to endpos the bytes must agree.
+        x, y = a[name], b[name]
+        if name.endswith(".gz.partial"):
+            x, y = _gunzip_partial(x), _gunzip_partial(y)
+        upto = endpos % seg_size
+        assert x[:upto] == y[:upto], f"{name} differs before endpos"
+        assert len(a[name]) == len(b[name]) or name.endswith(".gz.partial")
+
+
+@pytest.mark.parametrize("version", VERSIONS, ids=IDS)
+def test_directory_equals_pg_receivewal(pg_factory, tmp_path: Path, version: int) -> None:  # type: ignore[no-untyped-def]
+    cluster: PgCluster = pg_factory(version, wal_segsize_mb=1)
+    ours, theirs, endpos = _run_both(cluster, tmp_path)
+    _assert_same_directories(ours, theirs, endpos, 1024 * 1024)
+    completed = [p for p in ours.iterdir() if ".partial" not in p.name]
+    assert len(completed) >= 3
+    for path in completed:
+        on_primary = cluster.datadir / "pg_wal" / path.name
+        if on_primary.exists():
+            assert path.read_bytes() == on_primary.read_bytes(), f"{path.name} != primary's"
+
+
+@pytest.mark.parametrize("version", VERSIONS, ids=IDS)
+def test_gzip_directory_equals_pg_receivewal(pg_factory, tmp_path: Path, version: int) -> None:  # type: ignore[no-untyped-def]
+    cluster: PgCluster = pg_factory(version, wal_segsize_mb=1)
+    ours, theirs, endpos = _run_both(cluster, tmp_path, "-Z", "gzip:5")
+    _assert_same_directories(ours, theirs, endpos, 1024 * 1024)
+    assert any(p.name.endswith(".gz") for p in ours.iterdir())
+
+
+def test_sixteen_megabyte_segments(pg_server: PgCluster, tmp_path: Path) -> None:
+    ours, theirs, endpos = _run_both(pg_server, tmp_path, segments=2)
+    _assert_same_directories(ours, theirs, endpos, 16 * 1024 * 1024)
+
+
+def _replication_row(cluster: PgCluster, app: str) -> list[str]:
+    row = cluster.psql(
+        "SELECT state, sync_state, write_lsn, flush_lsn FROM pg_stat_replication "
+        f"WHERE application_name = '{app}'"
+    )
+    return row.split("|") if row else []
+
+
+@pytest.mark.parametrize("version", VERSIONS, ids=IDS)
+def test_synchronous_standby(pg_factory, tmp_path: Path, version: int) -> None:  # type: ignore[no-untyped-def]
+    app = "ws_sync"
+    cluster: PgCluster = pg_factory(version, wal_segsize_mb=1)
+    cluster.set_conf(synchronous_standby_names=f"FIRST 1 ({app})")
+    conninfo = cluster.conninfo("scram_user", "scrampass")
+    cmd = _receiver_cmd(
+        "-d", conninfo, "-D", str(tmp_path), "--synchronous", "--application-name", app
+    )
+    with _running(cmd) as proc:
+        _wait(
+            lambda: _replication_row(cluster, app)[:2] == ["streaming", "sync"], what="sync state"
+        )
+        cluster.psql("CREATE TABLE t(x int); INSERT INTO t VALUES (1)")  # returns: we fsynced it
+        _, _, write, flush = _replication_row(cluster, app)
+        assert LSN.parse(flush) <= LSN.parse(write)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+
+    # Without the standby a commit waits ...
+    done = threading.Event()
+
+    def commit() -> None:
+        cluster.psql("INSERT INTO t VALUES (2)")
+        done.set()
+
+    waiter = threading.Thread(target=commit, daemon=True)
+    waiter.start()
+    assert not done.wait(2), "a synchronous commit completed with no synchronous standby"
+    # ... and completes once the receiver is back (resuming from its directory).
+    with _running(cmd):
+        assert done.wait(60), "the waiting commit did not complete after the receiver came back"
+    assert any(p.name.endswith(".partial") for p in tmp_path.iterdir())
+
+
+def _run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        _receiver_cmd(*args), capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_errors_exit_1_with_a_clear_message(pg_server: PgCluster, tmp_path: Path) -> None:
+    bad_password = _run_cli(
+        "-d", pg_server.conninfo("scram_user", "wrong"), "-D", str(tmp_path), "-n"
+    )
+    assert bad_password.returncode == 1
+    assert 'password authentication failed for user "scram_user"' in bad_password.stderr
+
+    unreachable = _run_cli("-d", "host=127.0.0.1 port=1 user=x", "-D", str(tmp_path), "-n")
+    assert unreachable.returncode == 1
+    assert "Connection refused" in unreachable.stderr
+
+    missing_dir = _run_cli("-d", pg_server.conninfo("trust_user"), "-D", str(tmp_path / "nope"))
+    assert missing_dir.returncode == 1
+    assert "nope" in missing_dir.stderr
+
+    no_slot = _run_cli(
+        "-d", pg_server.conninfo("trust_user"), "-D", str(tmp_path), "-S", "nosuch", "-n"
+    )
+    assert no_slot.returncode == 1
+    assert '"nosuch" does not exist' in no_slot.stderr
+
+    no_repl = _run_cli("-d", pg_server.conninfo("norepl_user"), "-D", str(tmp_path), "-n")
+    assert no_repl.returncode == 1
+    assert "replication" in no_repl.stderr.lower()
+    assert not list(tmp_path.iterdir())
+
+
+def test_create_and_drop_slot(pg_server: PgCluster) -> None:
+    conninfo = pg_server.conninfo("trust_user")
+    assert _run_cli("-d", conninfo, "-S", "ws_cli_slot", "--create-slot").returncode == 0
+    again = _run_cli("-d", conninfo, "-S", "ws_cli_slot", "--create-slot")
+    assert again.returncode == 1
+    assert (
+        _run_cli("-d", conninfo, "-S", "ws_cli_slot", "--create-slot", "--if-not-exists").returncode
+        == 0
+    )
+    assert _run_cli("-d", conninfo, "-S", "ws_cli_slot", "--drop-slot").returncode == 0
+    assert (
+        pg_server.psql("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'ws_cli_slot'")
+        == "0"
+    )
+
+
+def test_help_explains_itself() -> None:
+    out = _run_cli("--help")
+    assert out.returncode == 0
+    for flag in (
+        "--directory",
+        "--endpos",
+        "--synchronous",
+        "--no-sync",
+        "--slot",
+        "--compress",
+        "--primary",
+    ):
+        assert flag in out.stdout
