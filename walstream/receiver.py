@@ -37,7 +37,7 @@ from walstream.errors import ConnectError, Error, ProtocolViolation, ServerError
 from walstream.lsn import LSN
 from walstream.protocol.replication import PrimaryKeepalive, XLogData
 from walstream.protocol.standby import StatusPolicy
-from walstream.wal.directory import Compression, WalDirectory
+from walstream.wal.directory import Compression, DirectoryMismatch, WalDirectory
 from walstream.wal.segment import parse_history, parse_size_setting, segment_start
 
 __all__ = ["ReceiverOptions", "ReceiverStatus", "WalReceiver", "main"]
@@ -126,6 +126,7 @@ class WalReceiver:
         self._disk = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="walstream-disk")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._expected = LSN(0)  # where the next XLogData of the current stream must start
+        self._systemid: int | None = None
 
     # -- public API ---------------------------------------------------------
 
@@ -163,7 +164,7 @@ class WalReceiver:
         try:
             while not self._stop.is_set():
                 try:
-                    done = await self._session()
+                    done = await self._session_or_stop()
                     first = False
                     delay = 0.5
                     if done:
@@ -184,6 +185,25 @@ class WalReceiver:
 
     # -- one connection -----------------------------------------------------
 
+    async def _session_or_stop(self) -> bool:
+        """Run a session; a stop request cancels it unless it is streaming.
+
+        While streaming, the copy loop itself stops cleanly (flush, CopyDone);
+        before that (connecting, a hanging host) there is nothing to save.
+        """
+        session = asyncio.ensure_future(self._session())
+        stopper = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({session, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if not session.done() and self._state != "streaming":
+                session.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await session
+                return True
+            return await session
+        finally:
+            stopper.cancel()
+
     async def _connect(self) -> ReplicationConnection:
         params: dict[str, Any] = dict(self.options.connect_params)
         params.setdefault("replication", "true")
@@ -196,14 +216,30 @@ class WalReceiver:
         conn = await self._connect()
         self._host = f"{conn.host.host}:{conn.host.port}"
         try:
-            return await self._stream_from(conn)
-        finally:
-            await self._close_directory()
-            await conn.close()
+            done = await self._stream_from(conn)
+        except BaseException:
+            # Keep the original error; a second failure while closing (the
+            # same full disk, say) is logged, not raised over it.
+            try:
+                await self._close_directory()
+            except Error as e:
+                log.warning("while closing after an error: %s", e)
+            conn.abort()
+            raise
+        await self._close_directory()
+        await conn.close()
+        return done
 
     async def _stream_from(self, conn: ReplicationConnection) -> bool:
         mode = await conn.show("data_directory_mode")
         system = await conn.identify_system()
+        if self._systemid is None:
+            self._systemid = system.systemid
+        elif system.systemid != self._systemid:
+            raise DirectoryMismatch(
+                f"server {self._host} is database system {system.systemid}, but the WAL "
+                f"received so far is from system {self._systemid}: refusing to mix them"
+            )
         seg_size = parse_size_setting(await conn.show("wal_segment_size"))
         directory = self._open_directory(seg_size, system.systemid, mode)
         start, timeline = await self._start_position(
