@@ -18,7 +18,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import ClassVar, Final
 
 from walstream.errors import ProtocolViolation, ServerError
 
@@ -485,39 +485,35 @@ class NegotiateProtocolVersion:
         return _frame(b"v", body)
 
 
-def _copy_response_encode(type_byte: bytes, fmt: int, column_formats: tuple[int, ...]) -> bytes:
-    body = bytes([fmt]) + _I16.pack(len(column_formats))
-    body += b"".join(_I16.pack(c) for c in column_formats)
-    return _frame(type_byte, body)
-
-
 @dataclass(frozen=True, slots=True)
-class CopyBothResponse:
+class _CopyResponse:
+    """CopyInResponse, CopyOutResponse and CopyBothResponse share one layout."""
+
+    format: int = 0
+    column_formats: tuple[int, ...] = ()
+    TYPE: ClassVar[bytes] = b""
+
+    def encode(self) -> bytes:
+        body = bytes([self.format]) + _I16.pack(len(self.column_formats))
+        body += b"".join(_I16.pack(c) for c in self.column_formats)
+        return _frame(self.TYPE, body)
+
+
+class CopyBothResponse(_CopyResponse):
     """Start of the bidirectional COPY used by START_REPLICATION."""
 
-    format: int = 0
-    column_formats: tuple[int, ...] = ()
-
-    def encode(self) -> bytes:
-        return _copy_response_encode(b"W", self.format, self.column_formats)
+    __slots__ = ()
+    TYPE = b"W"
 
 
-@dataclass(frozen=True, slots=True)
-class CopyOutResponse:
-    format: int = 0
-    column_formats: tuple[int, ...] = ()
-
-    def encode(self) -> bytes:
-        return _copy_response_encode(b"H", self.format, self.column_formats)
+class CopyOutResponse(_CopyResponse):
+    __slots__ = ()
+    TYPE = b"H"
 
 
-@dataclass(frozen=True, slots=True)
-class CopyInResponse:
-    format: int = 0
-    column_formats: tuple[int, ...] = ()
-
-    def encode(self) -> bytes:
-        return _copy_response_encode(b"G", self.format, self.column_formats)
+class CopyInResponse(_CopyResponse):
+    __slots__ = ()
+    TYPE = b"G"
 
 
 BackendMessage = (

@@ -197,6 +197,18 @@ class _Zstd:
         return bytes(self._c.flush(self._mod.COMPRESSOBJ_FLUSH_FINISH))
 
 
+def _write_all(fd: int, data: bytes | memoryview, offset: int | None = None) -> None:
+    """Write every byte: a filling disk can return a short count before it raises ENOSPC."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view) if offset is None else os.pwrite(fd, view, offset)
+        if n <= 0:
+            raise OSError(28, os.strerror(28))  # ENOSPC: no progress
+        view = view[n:]
+        if offset is not None:
+            offset += n
+
+
 def _compressor(c: Compression) -> _Compressor | None:
     if c.method == "gzip":
         return _Gzip(c.level)
@@ -365,11 +377,9 @@ class WalDirectory:
     def _write_chunk(self, seg: _Segment, chunk: memoryview) -> None:
         try:
             if seg.compressor is None:
-                os.pwrite(seg.fd, chunk, seg.pos)
+                _write_all(seg.fd, chunk, seg.pos)
             else:
-                out = seg.compressor.compress(bytes(chunk))
-                if out:
-                    os.write(seg.fd, out)
+                _write_all(seg.fd, seg.compressor.compress(bytes(chunk)))
         except OSError as e:
             raise self._disk_error("could not write to file", seg.path, e) from e
 
@@ -386,7 +396,7 @@ class WalDirectory:
                 # trailing garbage from an earlier, longer stream.
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, self.file_mode)
                 os.fchmod(fd, self.file_mode)
-                os.write(fd, compressor.start())
+                _write_all(fd, compressor.start())
             if self.sync_enabled:
                 os.fsync(fd)
                 self._fsync_dir()
@@ -414,7 +424,7 @@ class WalDirectory:
                 )
             zeros = bytes(_PAGE)
             for offset in range(0, self.seg_size, _PAGE):
-                os.pwrite(fd, zeros, offset)
+                _write_all(fd, zeros, offset)
             return fd
         except BaseException:
             os.close(fd)
@@ -424,11 +434,7 @@ class WalDirectory:
         """Close, make durable and rename a segment whose last byte is written."""
         self._seg = None
         try:
-            if seg.compressor is not None:
-                os.write(seg.fd, seg.compressor.finish())
-            if self.sync_enabled:
-                os.fsync(seg.fd)
-            os.close(seg.fd)
+            self._finish_file(seg)
             os.rename(seg.path, seg.final)
             if self.sync_enabled:
                 fd = os.open(seg.final, os.O_RDONLY)
@@ -443,6 +449,16 @@ class WalDirectory:
         if self.on_segment_complete is not None:
             self.on_segment_complete(seg.final, seg.timeline, seg.segno)
 
+    def _finish_file(self, seg: _Segment) -> None:
+        """End the compressed stream, fsync (unless --no-sync) and close; the fd is gone after."""
+        try:
+            if seg.compressor is not None:
+                _write_all(seg.fd, seg.compressor.finish())
+            if self.sync_enabled:
+                os.fsync(seg.fd)
+        finally:
+            os.close(seg.fd)
+
     def sync(self) -> LSN:
         """Make everything written durable (a sync point for compressors); return flushed."""
         seg = self._seg
@@ -451,9 +467,7 @@ class WalDirectory:
         if seg is not None:
             try:
                 if seg.compressor is not None:
-                    out = seg.compressor.flush()
-                    if out:
-                        os.write(seg.fd, out)
+                    _write_all(seg.fd, seg.compressor.flush())
                 os.fsync(seg.fd)
             except OSError as e:
                 raise self._disk_error("could not fsync file", seg.path, e) from e
@@ -466,11 +480,7 @@ class WalDirectory:
         if seg is None:
             return
         try:
-            if seg.compressor is not None:
-                os.write(seg.fd, seg.compressor.finish())
-            if self.sync_enabled:
-                os.fsync(seg.fd)
-            os.close(seg.fd)
+            self._finish_file(seg)
             if self.sync_enabled:
                 self._fsync_dir()
                 self.flushed = self.written
@@ -499,7 +509,7 @@ class WalDirectory:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, self.file_mode)
             try:
                 os.fchmod(fd, self.file_mode)
-                os.write(fd, data)
+                _write_all(fd, data)
                 if self.sync_enabled:
                     os.fsync(fd)
             finally:
