@@ -292,8 +292,12 @@ class PgCluster:
         cluster._append_conf(settings)
         cluster._write_hba()
         if start:
-            cluster.start()
-            cluster._create_roles()
+            try:
+                cluster.start()
+                cluster._create_roles()
+            except BaseException:
+                cluster.destroy()  # nobody else holds it yet: never leak a running server
+                raise
         return cluster
 
     def _check_traversable(self) -> None:
