@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from walstream.lsn import LSN
+
 __all__ = [
     "AuthenticationError",
     "ConnInfoError",
@@ -24,6 +26,7 @@ __all__ = [
     "LocalProtocolError",
     "ProtocolViolation",
     "ServerError",
+    "WalCorruption",
 ]
 
 # ErrorResponse/NoticeResponse field codes, as documented in "Error and
@@ -125,3 +128,17 @@ class ServerError(Error):
 
     def __repr__(self) -> str:
         return f"ServerError(sqlstate={self.sqlstate!r}, message={self.message!r})"
+
+
+class WalCorruption(Error):
+    """WAL that cannot be decoded: ``lsn`` is where, ``reason`` says why.
+
+    The WAL decoder's outcomes (:class:`walstream.wal.decoder.EndOfWal`,
+    :class:`walstream.wal.decoder.InvalidRecord`) derive from it, so a reader
+    that expects more WAL can simply raise what the decoder returned.
+    """
+
+    def __init__(self, lsn: int, reason: str) -> None:
+        self.lsn = LSN(lsn)
+        self.reason = reason
+        super().__init__(f"{reason} (at {self.lsn})")

@@ -1,1 +1,1 @@
-"""WAL on disk and in records: segment naming, and (later) the sans-IO decoder."""
+"""WAL on disk and in records: segment names, the receiver's disk layer, the sans-IO decoder."""
