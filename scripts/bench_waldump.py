@@ -43,12 +43,9 @@ def generate(dest: Path, scale: int, seconds: int) -> tuple[LSN, LSN, LSN]:
         },
     )
     try:
+
         def pgbench(*args: str) -> None:
-            cluster._run(
-                [str(cluster.bindir / "pgbench"), "-h", str(cluster.socket_dir), "-p",
-                 str(cluster.port), "-U", "postgres", *args, "postgres"],
-                timeout=3600,
-            )  # fmt: skip
+            cluster.pgbench(*args, timeout=3600)
 
         start = LSN.parse(cluster.current_lsn())
         pgbench("-i", "-s", str(scale), "-q")

@@ -55,19 +55,7 @@ class WalSample:
 
 
 def _pgbench(cluster: PgCluster, *args: str) -> None:
-    cluster._run(
-        [
-            str(cluster.bindir / "pgbench"),
-            "-h",
-            str(cluster.socket_dir),
-            "-p",
-            str(cluster.port),
-            "-U",
-            "postgres",
-            *args,
-            "postgres",
-        ]
-    )
+    cluster.pgbench(*args)
 
 
 def _fill_segment_then_big_record(cluster: PgCluster) -> tuple[str, str]:

@@ -57,6 +57,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "identify": (_identify, "connect and print IDENTIFY_SYSTEM"),
     "receive": (_role("walstream.receiver"), "stream WAL into a directory (pg_receivewal)"),
     "startup": (_role("walstream.startup"), "decode, verify and track replay of received WAL"),
+    "waldump": (_role("walstream.waldump"), "decode WAL files like pg_waldump (--json, --stats)"),
     "send": (_role("walstream.sender"), "serve WAL from a directory to standbys"),
 }
 

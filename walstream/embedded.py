@@ -464,6 +464,17 @@ class PgCluster:
             raise RuntimeError(f"psql failed: {sql!r}\n{result.stderr}")
         return result.stdout.strip()
 
+    def pgbench(self, *args: str, timeout: float = 600) -> str:
+        """Run this version's pgbench against the cluster (as a client: no special user)."""
+        result = subprocess.run(
+            [str(self.bindir / "pgbench"), "-h", str(self.socket_dir), "-p", str(self.port),
+             "-U", "postgres", *args, "postgres"],
+            capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise RuntimeError(f"pgbench {' '.join(args)} failed:\n{result.stderr}")
+        return result.stdout
+
     def program(self, name: str) -> Path:
         return self.bindir / name
 

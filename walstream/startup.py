@@ -11,6 +11,11 @@ __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["waldump"]:
+        from walstream.waldump import main as waldump
+
+        return waldump(args[1:])
     print("walstream startup: not implemented yet (issue #4)", file=sys.stderr)
     return 1
 
