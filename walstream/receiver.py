@@ -37,6 +37,7 @@ from walstream.errors import ConnectError, Error, ProtocolViolation, ServerError
 from walstream.lsn import LSN
 from walstream.protocol.replication import PrimaryKeepalive, XLogData
 from walstream.protocol.standby import StatusPolicy
+from walstream.startup import Replayer
 from walstream.wal.directory import Compression, DirectoryMismatch, WalDirectory
 from walstream.wal.segment import parse_history, parse_size_setting, segment_start
 
@@ -76,6 +77,7 @@ class ReceiverOptions:
     compression: Compression = field(default_factory=lambda: Compression.parse("none"))
     retry_interval: float = 5.0
     on_segment_complete: Callable[[Path], None] | None = None
+    replay: bool = False  # run the startup role in-process and report its apply position
 
     def __post_init__(self) -> None:
         if self.synchronous and not self.sync:
@@ -127,6 +129,7 @@ class WalReceiver:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._expected = LSN(0)  # where the next XLogData of the current stream must start
         self._systemid: int | None = None
+        self._replayer: Replayer | None = None
 
     # -- public API ---------------------------------------------------------
 
@@ -182,6 +185,8 @@ class WalReceiver:
             self._state = "stopped"
             await self._close_directory()
             self._disk.shutdown(wait=True)
+            if self._replayer is not None:
+                self._replayer.close()
 
     # -- one connection -----------------------------------------------------
 
@@ -242,6 +247,8 @@ class WalReceiver:
             )
         seg_size = parse_size_setting(await conn.show("wal_segment_size"))
         directory = self._open_directory(seg_size, system.systemid, mode)
+        if self.options.replay and self._replayer is None:
+            self._replayer = Replayer(seg_size, self.report_applied)
         start, timeline = await self._start_position(
             conn, directory, system.xlogpos, system.timeline
         )
@@ -420,10 +427,18 @@ class WalReceiver:
         self.policy.received(end)
         self._update_rate(end)
         self.policy.flushed(directory.flushed if flushed is None else flushed)
+        self._offer_replay([(ev.data_start, ev.data) for ev in chunks])
+
+    def _offer_replay(self, chunks: list[tuple[int, bytes]]) -> None:
+        """Hand new WAL to the startup role; it replays only what is durable."""
+        if self._replayer is not None:
+            durable = self.policy.flush if self.options.sync else self.policy.write
+            self._replayer.offer(chunks, durable)
 
     async def _flush(self, directory: WalDirectory) -> None:
         if self.options.sync:
             self.policy.flushed(await self._in_disk_thread(directory.sync))
+            self._offer_replay([])
 
     def _update_rate(self, end: LSN) -> None:
         now = time.monotonic()
@@ -576,6 +591,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="CMD",
         help="run CMD after each completed segment (%%p: path, %%f: file name)",
     )
+    a.add_argument(
+        "--replay",
+        action="store_true",
+        help="decode and verify received WAL in-process and report its replay (apply) "
+        "position, so synchronous_commit = remote_apply works",
+    )
     return p
 
 
@@ -685,6 +706,7 @@ def main(argv: list[str] | None = None) -> int:
             status_interval=args.status_interval,
             endpos=LSN.parse(args.endpos) if args.endpos else None,
             loop=not args.no_loop,
+            replay=args.replay,
             compression=Compression.parse(args.compress),
             on_segment_complete=_segment_hook(args.on_segment_complete)
             if args.on_segment_complete
