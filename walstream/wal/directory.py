@@ -49,7 +49,8 @@ __all__ = ["Compression", "DirectoryMismatch", "DiskError", "WalDirectory"]
 
 log = logging.getLogger("walstream.wal.directory")
 
-_PAGE: Final = 8192  # XLOG_BLCKSZ: pre-padding is written a page at a time
+_PAGE: Final = 8192  # XLOG_BLCKSZ
+_ZEROS: Final = bytes(1024 * 1024)  # pre-padding buffer (segments are multiples of 1 MiB)
 _LONG_HEADER: Final = struct.Struct("<HHIQIIQII")  # xlp_* of a segment's first page
 _METHODS: Final = {"none": "", "gzip": ".gz", "lz4": ".lz4", "zstd": ".zst"}
 _LEVELS: Final = {"gzip": (1, 9, 6), "lz4": (1, 12, None), "zstd": (1, 22, None)}
@@ -422,9 +423,16 @@ class WalDirectory:
                     size,
                     self.seg_size,
                 )
-            zeros = bytes(_PAGE)
-            for offset in range(0, self.seg_size, _PAGE):
-                _write_all(fd, zeros, offset)
+            if not self.sync_enabled and hasattr(os, "posix_fallocate"):
+                # --no-sync never fsyncs, so allocated-but-unwritten extents cost
+                # nothing later: the same full-size file of zeros, without
+                # zeroing 16 MB of page cache first.
+                os.posix_fallocate(fd, 0, self.seg_size)
+            else:
+                # Same zeros as pg_receivewal's page-at-a-time loop, in far fewer
+                # system calls: padding dominated catch-up time (measured).
+                for offset in range(0, self.seg_size, len(_ZEROS)):
+                    _write_all(fd, _ZEROS, offset)
             return fd
         except BaseException:
             os.close(fd)
