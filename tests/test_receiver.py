@@ -264,3 +264,16 @@ def test_help_explains_itself() -> None:
         "--primary",
     ):
         assert flag in out.stdout
+
+
+def test_lz4_directory_equals_pg_receivewal(pg_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Debian's PostgreSQL 15 pg_receivewal is built with lz4 (the 16/18 wheels are not)."""
+    pytest.importorskip("lz4.frame")
+    cluster: PgCluster = pg_factory(15, wal_segsize_mb=1)
+    ours, theirs, _ = _run_both(cluster, tmp_path, "-Z", "lz4")
+    a, b = _files(ours), _files(theirs)
+    assert sorted(a) == sorted(b)
+    completed = [n for n in a if n.endswith(".lz4")]
+    assert completed
+    for name in completed:
+        assert a[name] == b[name], f"{name} differs"
