@@ -130,6 +130,7 @@ class WalReceiver:
         self._expected = LSN(0)  # where the next XLogData of the current stream must start
         self._systemid: int | None = None
         self._replayer: Replayer | None = None
+        self._streamed = False  # some session reached streaming
 
     # -- public API ---------------------------------------------------------
 
@@ -163,19 +164,19 @@ class WalReceiver:
         """
         self._loop = asyncio.get_running_loop()
         delay = 0.5
-        first = True
         try:
             while not self._stop.is_set():
                 try:
                     done = await self._session_or_stop()
-                    first = False
                     delay = 0.5
                     if done:
                         return
                 except (ConnectError, ProtocolViolation, ServerError) as e:
                     if isinstance(e, ServerError) and e.sqlstate in _FATAL_SQLSTATES:
                         raise
-                    if first or not self.options.loop:
+                    # As pg_receivewal: failing to connect at all is fatal; losing a
+                    # connection that streamed is retried (unless --no-loop).
+                    if not self._streamed or not self.options.loop:
                         raise
                     self._state = "waiting"
                     log.warning("%s; retrying in %.1f s", e, delay)
@@ -220,6 +221,11 @@ class WalReceiver:
         self._state = "connecting"
         conn = await self._connect()
         self._host = f"{conn.host.host}:{conn.host.port}"
+        log.info(
+            "connected to %s (PostgreSQL %s)",
+            self._host,
+            conn.server_parameters.get("server_version", "?").split()[0],
+        )
         try:
             done = await self._stream_from(conn)
         except BaseException:
@@ -358,6 +364,7 @@ class WalReceiver:
         """Receive until the server ends the timeline ("ended"), endpos ("done") or stop."""
         self._stream = stream
         self._state = "streaming"
+        self._streamed = True
         self.policy.restart(stream.start)
         self._expected = stream.start
         ticker = asyncio.create_task(self._status_ticker())
