@@ -1,0 +1,73 @@
+"""A full disk: a clear error and exit 1, nothing stored is damaged, and streaming resumes."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from walstream import LSN
+from walstream.wal.segment import parse_segment_name
+
+from .pgcluster import PgCluster
+
+SEG = 1024 * 1024
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):  # type: ignore[no-untyped-def]
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _receive(cluster: PgCluster, directory: Path, endpos: LSN) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "walstream.receiver", "-d", cluster.conninfo("trust_user"),
+           "-D", str(directory), "-S", "diskfull", "-n", "-E", str(endpos)]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_disk_full_then_resume(pg_factory, small_disk: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cluster: PgCluster = pg_factory(15, wal_segsize_mb=1)
+    cluster.psql("SELECT pg_create_physical_replication_slot('diskfull', true)")
+    cluster.psql("CREATE TABLE t(x int, pad text)")
+    for _ in range(6):
+        cluster.psql("INSERT INTO t SELECT g, repeat('d', 500) FROM generate_series(1, 1500) g")
+        cluster.psql("SELECT pg_switch_wal()")
+    endpos = LSN.parse(cluster.current_lsn())
+    cluster.psql("INSERT INTO t VALUES (0, 'past endpos')")
+
+    full = _receive(cluster, small_disk, endpos)
+    assert full.returncode == 1
+    assert "No space left on device" in full.stderr
+    assert str(small_disk) in full.stderr  # names the file
+    completed = [p for p in small_disk.iterdir() if ".partial" not in p.name]
+    assert completed, "some segments fit before the disk filled"
+    for path in completed:
+        assert path.read_bytes() == (cluster.datadir / "pg_wal" / path.name).read_bytes()
+
+    # Make room: move everything to a bigger disk and run again there.
+    roomy = tmp_path / "roomy"
+    shutil.copytree(small_disk, roomy)
+    again = _receive(cluster, roomy, endpos)
+    assert again.returncode == 0, again.stderr
+    segnos = sorted(
+        n.segno for p in roomy.iterdir() if (n := parse_segment_name(p.name, SEG)) is not None
+    )
+    assert segnos == list(range(segnos[0], segnos[-1] + 1)), f"gap: {segnos}"
+    assert segnos[-1] == endpos // SEG
+    for path in roomy.iterdir():
+        if ".partial" not in path.name:
+            assert path.read_bytes() == (cluster.datadir / "pg_wal" / path.name).read_bytes()
