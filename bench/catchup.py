@@ -13,6 +13,7 @@ printed. Figures vary between machines and runs: compare the ratio.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -53,6 +54,7 @@ def main() -> int:
             "pg_receivewal": [str(cluster.program("pg_receivewal"))],
         }
         times: dict[str, list[float]] = {name: [] for name in tools}
+        rss: dict[str, list[float]] = {name: [] for name in tools}
         for rnd in range(args.rounds):
             order = list(tools) if rnd % 2 == 0 else list(reversed(tools))
             for name in order:
@@ -62,18 +64,31 @@ def main() -> int:
                 cmd = [*tools[name], "-d", cluster.conninfo("trust_user"), "-D", str(directory)]
                 cmd += ["-n", "-E", str(end)] + (["--no-sync"] if args.no_sync else [])
                 t0 = time.monotonic()
-                result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                assert proc.stderr is not None
+                err = proc.stderr.read()
+                # wait4 reports this child's own peak RSS (ru_maxrss, in kB on Linux).
+                _, status, usage = os.wait4(proc.pid, 0)
+                proc.returncode = os.waitstatus_to_exitcode(status)
                 elapsed = time.monotonic() - t0
-                if result.returncode != 0:
-                    print(f"{name} failed: {result.stderr}", file=sys.stderr)
+                if proc.returncode != 0:
+                    print(f"{name} failed: {err.decode(errors='replace')}", file=sys.stderr)
                     return 1
                 times[name].append(elapsed)
-                print(f"round {rnd}  {name:<14} {elapsed:6.2f} s  {size / elapsed / 1e6:6.0f} MB/s")
+                rss[name].append(usage.ru_maxrss / 1024)
+                print(
+                    f"round {rnd}  {name:<14} {elapsed:6.2f} s  {size / elapsed / 1e6:6.0f} MB/s"
+                    f"  peak RSS {usage.ru_maxrss / 1024:5.1f} MB"
+                )
                 shutil.rmtree(directory)
         ours, theirs = (statistics.median(times[n]) for n in tools)
         print(
             f"median: walstream {ours:.2f} s, pg_receivewal {theirs:.2f} s; "
             f"walstream speed = {theirs / ours:.2f}x pg_receivewal"
+        )
+        print(
+            f"peak RSS: walstream {max(rss['walstream']):.1f} MB, "
+            f"pg_receivewal {max(rss['pg_receivewal']):.1f} MB"
         )
     finally:
         cluster.destroy()
