@@ -1,0 +1,84 @@
+"""The disk layer's repairs of what pg_receivewal leaves broken, without a server."""
+
+from __future__ import annotations
+
+import logging
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+
+from walstream import LSN
+from walstream.wal.directory import Compression, DirectoryMismatch, WalDirectory
+
+SEG = 1024 * 1024
+NAME = "000000010000000000000003"
+
+
+def _long_header(sysid: int, segno: int) -> bytes:
+    # xlp_magic (15), xlp_info LONG_HEADER, tli, pageaddr, rem_len, pad, sysid, seg_size, blcksz
+    return struct.pack("<HHIQIIQII", 0xD110, 0x0002, 1, segno * SEG, 0, 0, sysid, SEG, 8192)
+
+
+def test_short_partial_from_a_crash_during_padding_is_repaired(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / f"{NAME}.partial").write_bytes(bytes(12345))  # padding interrupted
+    d = WalDirectory(tmp_path, SEG, sync=True)
+    assert d.find_start() == (LSN(3 * SEG), 1)
+    caplog.set_level(logging.WARNING)
+    d.write(3 * SEG, b"w" * 100, 1)
+    d.close()
+    assert "has 12345 bytes, should be 0 or 1048576: padding it again" in caplog.text
+    data = (tmp_path / f"{NAME}.partial").read_bytes()
+    assert len(data) == SEG
+    assert data[:100] == b"w" * 100
+    assert not any(data[100:])
+
+
+def test_reopened_gzip_partial_has_no_trailing_garbage(tmp_path: Path) -> None:
+    gz = Compression.parse("gzip:5")
+    first = WalDirectory(tmp_path, SEG, compression=gz)
+    first.write(3 * SEG, b"a" * 5000, 1)
+    first.close()
+    again = WalDirectory(tmp_path, SEG, compression=gz)
+    assert again.find_start() == (LSN(3 * SEG), 1)
+    again.write(3 * SEG, b"b" * 300, 1)
+    again.close()
+    raw = (tmp_path / f"{NAME}.gz.partial").read_bytes()
+    d = zlib.decompressobj(31)
+    assert d.decompress(raw) == b"b" * 300
+    assert d.eof
+    assert d.unused_data == b""  # pg_receivewal would leave the old stream's tail here
+
+
+def test_wal_of_another_system_is_refused(tmp_path: Path) -> None:
+    segment = _long_header(111, 3) + bytes(SEG - 40)
+    (tmp_path / NAME).write_bytes(segment)
+    with pytest.raises(DirectoryMismatch, match=r"belongs to database system 111.*system 222"):
+        WalDirectory(tmp_path, SEG, system_identifier=222).find_start()
+    assert WalDirectory(tmp_path, SEG, system_identifier=111).find_start() == (LSN(4 * SEG), 1)
+    assert (tmp_path / NAME).read_bytes() == segment  # nothing touched
+
+
+def test_no_sync_never_claims_a_flush(tmp_path: Path) -> None:
+    d = WalDirectory(tmp_path, SEG, sync=False)
+    d.write(3 * SEG, b"x" * SEG, 1)  # completes the segment
+    assert d.written == LSN(4 * SEG)
+    assert d.sync() == LSN(0)
+    assert d.flushed == LSN(0)
+    assert (tmp_path / NAME).stat().st_size == SEG
+
+
+def test_resume_scan_rules(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "000000010000000000000005").write_bytes(bytes(SEG))
+    (tmp_path / "000000020000000000000005.partial").write_bytes(bytes(SEG))
+    (tmp_path / "000000010000000000000004").write_bytes(bytes(SEG))
+    caplog.set_level(logging.WARNING)
+    assert WalDirectory(tmp_path, SEG).find_start() == (LSN(5 * SEG), 2)  # higher TLI wins
+    (tmp_path / "000000020000000000000005").write_bytes(bytes(SEG))
+    assert WalDirectory(tmp_path, SEG).find_start() == (LSN(6 * SEG), 2)  # completed beats partial
+    (tmp_path / "000000020000000000000006").write_bytes(bytes(100))  # wrong size: skipped
+    assert WalDirectory(tmp_path, SEG).find_start() == (LSN(6 * SEG), 2)
+    assert "has incorrect size 100, skipping" in caplog.text
