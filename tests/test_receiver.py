@@ -7,16 +7,15 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from walstream import LSN
 
-from .pgcluster import PgCluster
+from .pgcluster import PgCluster, wait_until
 
 VERSIONS = [15, 16, 18]
 IDS = [f"pg{v}" for v in VERSIONS]
@@ -40,14 +39,6 @@ def _generate_wal(cluster: PgCluster, segments: int) -> LSN:
         if i % 2:
             cluster.psql("SELECT pg_switch_wal()")
     return LSN.parse(cluster.current_lsn())
-
-
-def _wait(predicate: Callable[[], bool], timeout: float = 60, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _gunzip_partial(data: bytes) -> bytes:
@@ -177,7 +168,7 @@ def test_synchronous_standby(pg_factory, tmp_path: Path, version: int) -> None: 
         "-d", conninfo, "-D", str(tmp_path), "--synchronous", "--application-name", app
     )
     with _running(cmd) as proc:
-        _wait(
+        wait_until(
             lambda: _replication_row(cluster, app)[:2] == ["streaming", "sync"], what="sync state"
         )
         cluster.psql("CREATE TABLE t(x int); INSERT INTO t VALUES (1)")  # returns: we fsynced it

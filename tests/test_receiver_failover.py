@@ -5,23 +5,14 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from walstream import LSN
 from walstream.wal.segment import parse_segment_name
 
-from .pgcluster import PgCluster
+from .pgcluster import PgCluster, wait_until
 
 SEG = 1024 * 1024
-
-
-def _wait(predicate, timeout: float = 90, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def test_two_host_failover_continues_on_the_new_timeline(pg_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -35,7 +26,7 @@ def test_two_host_failover_continues_on_the_new_timeline(pg_factory, tmp_path: P
     cmd = [sys.executable, "-m", "walstream.receiver", "-d", conninfo, "-D", str(tmp_path), "-v"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     try:
-        _wait(
+        wait_until(
             lambda: primary.psql("SELECT count(*) FROM pg_stat_replication") == "2",
             what="the receiver streaming from the primary",
         )
@@ -47,7 +38,7 @@ def test_two_host_failover_continues_on_the_new_timeline(pg_factory, tmp_path: P
         for _ in range(4):
             standby.psql("INSERT INTO t SELECT g, repeat('s', 500) FROM generate_series(1, 2000) g")
         standby.psql("SELECT pg_switch_wal()")
-        _wait(
+        wait_until(
             lambda: any(
                 p.name.startswith("00000002") and not p.name.endswith((".partial", ".history"))
                 for p in tmp_path.iterdir()

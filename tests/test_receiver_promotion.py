@@ -12,18 +12,10 @@ import pytest
 
 from walstream import LSN
 
-from .pgcluster import PgCluster
+from .pgcluster import PgCluster, wait_until
 
 VERSIONS = [15, 16, 18]
 SEG = 1024 * 1024
-
-
-def _wait(predicate, timeout: float = 60, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("version", VERSIONS, ids=[f"pg{v}" for v in VERSIONS])
@@ -42,7 +34,7 @@ def test_cascading_source_promoted(pg_factory, tmp_path: Path, version: int) -> 
     ]
     procs = [subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True) for cmd in commands]
     try:
-        _wait(
+        wait_until(
             lambda: standby.psql("SELECT count(*) FROM pg_stat_replication") == "2",
             what="both receivers streaming from the standby",
         )
@@ -61,7 +53,9 @@ def test_cascading_source_promoted(pg_factory, tmp_path: Path, version: int) -> 
         def caught_up(d: Path) -> bool:
             return (d / f"{target_seg}.partial").exists() and (d / "00000002.history").exists()
 
-        _wait(lambda: caught_up(ours) and caught_up(theirs), what="both receivers on timeline 2")
+        wait_until(
+            lambda: caught_up(ours) and caught_up(theirs), what="both receivers on timeline 2"
+        )
         time.sleep(1.5)  # let both receive what the server has: the .partial tails can then agree
     finally:
         for proc in procs:

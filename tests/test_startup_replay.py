@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from walstream import LSN
 from walstream.startup import ReplayState
 from walstream.wal.segment import parse_segment_name
 
-from .pgcluster import PgCluster
+from .pgcluster import PgCluster, wait_until
 
 VERSIONS = [15, 16, 18]
 
@@ -27,13 +26,6 @@ def _row(cluster: PgCluster, app: str) -> list[str]:
     return out.split("|") if out else []
 
 
-def _wait(predicate, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 @pytest.mark.parametrize("version", VERSIONS, ids=[f"pg{v}" for v in VERSIONS])
 def test_remote_apply_completes_with_replay(pg_factory, tmp_path: Path, version: int) -> None:  # type: ignore[no-untyped-def]
     app = "ws_apply"
@@ -44,7 +36,7 @@ def test_remote_apply_completes_with_replay(pg_factory, tmp_path: Path, version:
            "-D", str(tmp_path), "--synchronous", "--replay", "--application-name", app]  # fmt: skip
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     try:
-        _wait(lambda: _row(cluster, app)[:1] == ["sync"])
+        wait_until(lambda: _row(cluster, app)[:1] == ["sync"])
         for i in range(20):
             cluster.psql(f"INSERT INTO t VALUES ({i})")  # each waits for our apply
         commit_end = LSN.parse(cluster.psql("SELECT pg_current_wal_insert_lsn()"))
@@ -72,7 +64,7 @@ def test_remote_apply_blocks_without_replay(pg_factory, tmp_path: Path) -> None:
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     done = threading.Event()
     try:
-        _wait(lambda: _row(cluster, app)[:1] == ["sync"])
+        wait_until(lambda: _row(cluster, app)[:1] == ["sync"])
         waiter = threading.Thread(
             target=lambda: (cluster.psql("INSERT INTO t VALUES (1)"), done.set()), daemon=True
         )
