@@ -268,3 +268,21 @@ def test_lz4_directory_equals_pg_receivewal(pg_factory, tmp_path: Path) -> None:
     assert completed
     for name in completed:
         assert a[name] == b[name], f"{name} differs"
+
+
+def test_quorum_standby(pg_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """ANY 1 (...): the receiver is listed as 'quorum' and commits wait for it."""
+    app = "ws_any"
+    cluster: PgCluster = pg_factory(15, wal_segsize_mb=1)
+    cluster.set_conf(synchronous_standby_names=f"ANY 1 ({app}, nobody_else)")
+    conninfo = cluster.conninfo("scram_user", "scrampass")
+    cmd = _receiver_cmd(
+        "-d", conninfo, "-D", str(tmp_path), "--synchronous", "--application-name", app
+    )
+    with _running(cmd) as proc:
+        wait_until(
+            lambda: _replication_row(cluster, app)[:2] == ["streaming", "quorum"], what="quorum"
+        )
+        cluster.psql("CREATE TABLE q(x int); INSERT INTO q VALUES (1)")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
