@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from walstream import LSN
-from walstream.startup import ReplayState
+from walstream.wal.replay import ReplayState
 from walstream.wal.segment import parse_segment_name
 
 from .pgcluster import PgCluster, wait_until
