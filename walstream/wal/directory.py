@@ -45,7 +45,7 @@ from walstream.wal.segment import (
     segment_name,
 )
 
-__all__ = ["Compression", "DirectoryMismatch", "DiskError", "WalDirectory"]
+__all__ = ["Compression", "DirectoryMismatch", "DiskError", "WalDirectory", "read_wal_file"]
 
 log = logging.getLogger("walstream.wal.directory")
 
@@ -240,6 +240,16 @@ def _decompressed(path: Path, method: str, limit: int | None = None) -> bytes:
         reader = zstandard.ZstdDecompressor().decompressobj()
         return bytes(reader.decompress(data))
     return data
+
+
+def read_wal_file(path: Path) -> bytes:
+    """The WAL a segment file holds, decompressed by its suffix (``.partial`` or not).
+
+    A compressed file still being written decompresses to what it holds so far.
+    """
+    name = path.name.removesuffix(".partial")
+    suffix = next((s for s in (".gz", ".lz4", ".zst") if name.endswith(s)), "")
+    return _decompressed(path, suffix)
 
 
 @dataclass

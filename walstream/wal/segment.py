@@ -19,6 +19,8 @@ __all__ = [
     "COMPRESSION_SUFFIXES",
     "HistoryEntry",
     "SegmentName",
+    "TimelineSpan",
+    "expected_timelines",
     "history_file_name",
     "parse_history",
     "parse_segment_name",
@@ -27,6 +29,7 @@ __all__ = [
     "segment_start",
     "segno_of",
     "timeline_of",
+    "timelines_for_segment",
 ]
 
 MIN_SEG_SIZE: Final = 1024 * 1024
@@ -151,3 +154,41 @@ def timeline_of(lsn: int, history: list[HistoryEntry], current_tli: int) -> int:
         if lsn < entry.switchpoint:
             return entry.parent_tli
     return current_tli
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineSpan:
+    """A timeline of a history and the WAL range it covers: [begin, end), end None if open."""
+
+    timeline: int
+    begin: LSN
+    end: LSN | None
+
+
+def expected_timelines(target_tli: int, history: list[HistoryEntry]) -> list[TimelineSpan]:
+    """The timelines recovery to ``target_tli`` passes through, newest first.
+
+    ``history`` is the target's history file (empty for timeline 1). This is
+    PostgreSQL's expectedTLEs: WAL below a switch point belongs to the parent.
+    """
+    spans = [TimelineSpan(target_tli, history[-1].switchpoint if history else LSN(0), None)]
+    for i in range(len(history) - 1, -1, -1):
+        begin = history[i - 1].switchpoint if i else LSN(0)
+        spans.append(TimelineSpan(history[i].parent_tli, begin, history[i].switchpoint))
+    return spans
+
+
+def timelines_for_segment(segno: int, spans: list[TimelineSpan], seg_size: int) -> list[int]:
+    """Which timelines' files may hold segment ``segno``, in the order to try them.
+
+    As XLogFileReadAnyTLI: the newest timeline that begins at or before the
+    segment first, so the segment holding a switch point is read from the
+    child timeline's file (its bytes before the switch are the parent's). A
+    parent's file is never read past the segment of its switch point: what
+    it holds there is WAL of an abandoned branch.
+    """
+    return [
+        s.timeline
+        for s in spans
+        if s.begin // seg_size <= segno and (s.end is None or segno <= s.end // seg_size)
+    ]
