@@ -278,6 +278,15 @@ class WalReceiver:
                 log.warning("%s; restarting at the fork point's segment %s", e.message, start)
                 await self._close_directory(keep=True)
                 continue
+            if stream.server_ended:
+                # Resuming at a segment start that is the switch point itself:
+                # the server answers with the next timeline and no COPY at all
+                # (pg_receivewal fails here and retries forever).
+                log.info(
+                    "timeline %d ends exactly at the start position %s; no WAL to receive on it",
+                    timeline,
+                    start,
+                )
             outcome = await self._copy(stream, directory)
             if outcome == "done":
                 return True
