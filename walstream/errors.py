@@ -25,6 +25,8 @@ __all__ = [
     "Error",
     "LocalProtocolError",
     "ProtocolViolation",
+    "RecoveryTargetError",
+    "RecoveryTargetUnreachable",
     "ServerError",
     "WalCorruption",
 ]
@@ -142,3 +144,38 @@ class WalCorruption(Error):
         self.lsn = LSN(lsn)
         self.reason = reason
         super().__init__(f"{reason} (at {self.lsn})")
+
+
+class RecoveryTargetError(Error, ValueError):
+    """A recovery target setting PostgreSQL would refuse; the wording is the server's.
+
+    ``setting`` names the offending parameter, ``value`` is its text,
+    ``detail`` PostgreSQL's DETAIL line where it gives one.
+    """
+
+    def __init__(
+        self, setting: str, value: str, detail: str | None = None, *, message: str | None = None
+    ) -> None:
+        self.setting = setting
+        self.value = value
+        self.detail = detail
+        self.message = message or f'invalid value for parameter "{setting}": "{value}"'
+        super().__init__(self.message + (f"\nDETAIL:  {detail}" if detail else ""))
+
+
+class RecoveryTargetUnreachable(Error):
+    """Recovery cannot end at its configured target: PostgreSQL's FATAL at the end of redo.
+
+    Either the WAL ended first ("recovery ended before configured recovery
+    target was reached", 13+) or the target lies before the point where the
+    restored backup becomes consistent ("requested recovery stop point is
+    before consistent recovery point"). Not a :class:`WalCorruption`: the
+    WAL is fine, and a caller that treats corruption as "wait for more WAL"
+    must not wait here; the remedy is more WAL or another target. ``lsn`` is
+    where replay ended.
+    """
+
+    def __init__(self, lsn: int, message: str) -> None:
+        self.lsn = LSN(lsn)
+        self.message = message
+        super().__init__(message)
