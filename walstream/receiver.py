@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import getpass
 import logging
 import os
@@ -36,7 +37,13 @@ from pathlib import Path
 from typing import Any, Final
 
 from walstream.connection import ReplicationConnection, ReplicationStream, connect
-from walstream.errors import ConnectError, Error, ProtocolViolation, ServerError
+from walstream.errors import (
+    AuthenticationError,
+    ConnectError,
+    Error,
+    ProtocolViolation,
+    ServerError,
+)
 from walstream.lsn import LSN
 from walstream.protocol.replication import PrimaryKeepalive, XLogData
 from walstream.protocol.standby import StatusPolicy
@@ -320,6 +327,7 @@ class WalReceiver:
             file_mode=0o640 if group else 0o600,
             system_identifier=systemid,
             on_segment_complete=self._segment_completed,
+            synchronous=self.options.synchronous,
         )
         return self._directory
 
@@ -701,7 +709,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     params = _connect_params(args)
     if args.password:
-        params["password"] = getpass.getpass("Password: ")
+        params["password"] = _ask_password()
+    # As pg_receivewal: without -W or -w, ask once when the server wants a password.
+    may_ask = not (args.password or args.no_password)
 
     def fail(message: str) -> int:
         print(f"{PROGNAME}: error: {message}", file=sys.stderr)
@@ -715,7 +725,14 @@ def main(argv: list[str] | None = None) -> int:
         return fail("cannot use --synchronous together with --no-sync")
     try:
         if args.create_slot or args.drop_slot:
-            asyncio.run(_slot_action(args, params))
+            try:
+                asyncio.run(_slot_action(args, params))
+            except AuthenticationError as e:
+                if not (may_ask and _needs_password(e)):
+                    raise
+                params["password"] = _ask_password()
+                may_ask = False
+                asyncio.run(_slot_action(args, params))
             if not args.directory:
                 return 0
         if not args.directory:
@@ -741,10 +758,30 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (ValueError, Error) as e:
         return fail(str(e))
-    return asyncio.run(_run_cli(options))
+    rc = asyncio.run(_run_cli(options, may_ask=may_ask))
+    if rc is None:  # the first connection needs a password: nothing was received yet
+        options = dataclasses.replace(
+            options, connect_params={**options.connect_params, "password": _ask_password()}
+        )
+        rc = asyncio.run(_run_cli(options, may_ask=False))
+    assert rc is not None
+    return rc
 
 
-async def _run_cli(options: ReceiverOptions) -> int:
+def _ask_password() -> str:
+    try:
+        return getpass.getpass("Password: ")
+    except EOFError:  # no terminal and nothing on stdin: libpq's empty answer
+        return ""
+
+
+def _needs_password(e: BaseException) -> bool:
+    """libpq's PQconnectionNeedsPassword: the server asked for one and we had none."""
+    return isinstance(e, AuthenticationError) and "no password supplied" in str(e)
+
+
+async def _run_cli(options: ReceiverOptions, *, may_ask: bool = False) -> int | None:
+    """The exit code; None when the first connection wants a password we may ask for."""
     receiver = WalReceiver(options)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -752,7 +789,12 @@ async def _run_cli(options: ReceiverOptions) -> int:
     try:
         await receiver.run()
     except (Error, OSError) as e:
+        if may_ask and not receiver._streamed and _needs_password(e):
+            return None
         print(f"{PROGNAME}: error: {e}", file=sys.stderr)
+        if not options.loop and receiver._streamed:
+            # pg_receivewal -n ends every lost session with this line.
+            print(f"{PROGNAME}: error: disconnected", file=sys.stderr)
         return 1
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
