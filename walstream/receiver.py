@@ -327,7 +327,6 @@ class WalReceiver:
             file_mode=0o640 if group else 0o600,
             system_identifier=systemid,
             on_segment_complete=self._segment_completed,
-            synchronous=self.options.synchronous,
         )
         return self._directory
 
