@@ -300,6 +300,48 @@ class PgCluster:
                 raise
         return cluster
 
+    @classmethod
+    def from_backup(
+        cls,
+        version: int,
+        backup: Path,
+        base_dir: Path,
+        *,
+        name: str,
+        conf: Mapping[str, str] | None = None,
+        signal: str | None = None,
+    ) -> PgCluster:
+        """A new cluster on a copy of a plain-format base backup (see :meth:`base_backup`).
+
+        Not started. ``base_dir`` must be reachable by the service user (a
+        cluster's ``base`` is); ``conf`` is appended to postgresql.conf after
+        the new port; ``signal`` ("recovery" or "standby") creates that
+        signal file, for archive recovery or a standby.
+        """
+        bindir = find_bindir(version)
+        if bindir is None:
+            raise RuntimeError(f"PostgreSQL {version} server binaries not found")
+        cluster = cls(version, bindir, base_dir, name)
+        # cp -a as the service user keeps the owner and the 0700/0600 modes the server insists on.
+        cluster._run(["cp", "-a", str(backup), str(cluster.datadir)])
+        cluster._append_conf({"port": str(cluster.port), **(conf or {})})
+        if signal is not None:
+            cluster._run(["touch", str(cluster.datadir / f"{signal}.signal")])
+        return cluster
+
+    def base_backup(self, dest: Path, *args: str) -> Path:
+        """pg_basebackup of this cluster into ``dest`` (plain format, fast checkpoint).
+
+        ``args`` are extra pg_basebackup options, e.g. ``-X none`` when the WAL
+        will come from an archive. ``dest``'s parent must be writable by the
+        service user (this cluster's ``base`` is).
+        """
+        self._run(
+            [str(self.bindir / "pg_basebackup"), "-D", str(dest), "-c", "fast", "--no-sync",
+             "-h", str(self.socket_dir), "-p", str(self.port), "-U", "postgres", *args]
+        )  # fmt: skip
+        return dest
+
     def _check_traversable(self) -> None:
         if not _as_root():
             return
@@ -380,8 +422,9 @@ class PgCluster:
             return ""
         return "\n--- server log ---\n" + "\n".join(text)
 
-    def start(self) -> None:
-        self._run(
+    def start(self, *, check: bool = True) -> bool:
+        """pg_ctl start -w; with ``check=False`` a server that fails to start returns False."""
+        result = self._run(
             [
                 str(self.bindir / "pg_ctl"),
                 "-D",
@@ -392,9 +435,11 @@ class PgCluster:
                 "-t",
                 "60",
                 "start",
-            ]
+            ],
+            check=check,
         )
-        self.running = True
+        self.running = result.returncode == 0
+        return self.running
 
     def stop(self, mode: str = "fast") -> None:
         if self.running:
