@@ -21,7 +21,7 @@ from __future__ import annotations
 import concurrent.futures
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -261,7 +261,8 @@ def test_target_stops_where_postgresql_stops(oracle: Oracle, case: str) -> None:
             assert reached is None
             assert real.stop_line is None
         else:
-            assert reached is not None and reached.message == real.stop_line
+            assert reached is not None
+            assert reached.message == real.stop_line
         return
     assert reached is not None, f"walstream never reached {target}"
     assert state.finish() is reached
@@ -280,12 +281,15 @@ def test_the_cases_land_where_intended(oracle: Oracle) -> None:
         assert r is not None
         return r.after, r.xid, r.commit
 
-    xid_of: Callable[[str], int] = lambda case: oracle.targets[case].xid  # noqa: E731
+    def xid_of(case: str) -> int:
+        return oracle.targets[case].xid
+
     assert stop("xid_commit_prepared_excl") == (False, xid_of("xid_commit_prepared"), True)
     assert stop("xid_abort") == (True, xid_of("xid_abort"), False)
     assert stop("time_before_abort")[0::2] == (False, False)  # stops before an abort
     at_commit = _replay(oracle, oracle.targets["lsn_at_commit"]).target_reached
-    assert at_commit is not None and at_commit.lsn == oracle.targets["lsn_at_commit"].lsn
+    assert at_commit is not None
+    assert at_commit.lsn == oracle.targets["lsn_at_commit"].lsn
     assert oracle.outcomes["lsn_at_commit"].xact_usecs != _usecs_1970(
         oracle.targets["time_at_commit"].time
     ), "an inclusive LSN stop on a commit does not report that commit's time"
