@@ -293,3 +293,62 @@ def test_the_cases_land_where_intended(oracle: Oracle) -> None:
     assert oracle.outcomes["lsn_at_commit"].xact_usecs != _usecs_1970(
         oracle.targets["time_at_commit"].time
     ), "an inclusive LSN stop on a commit does not report that commit's time"
+
+
+TIMESTAMP_FORMS = [
+    "2026-12-01 10:00:00+00",
+    "2026-12-01 10:00:00.123+00",
+    "2026-12-01 10:00:00.000001+00",
+    "2026-12-01 10:00:00.9999999Z",
+    "2026-12-01T11:00:00+01",
+    "2026-12-01 11:30:00 +01:30",
+    "2026-12-01 05:00:00-0500",
+    "2026-12-01 05:00:00-05:00:30",
+    "2026-12-01 10:00 UTC",
+    "2026-12-01 10:00:00 GMT",
+    "2026-06-01 11:00:00 Europe/Paris",
+    "2026-12-01 11:00:00 Europe/Paris",
+    "2026-12-01 10:00:00",
+    "2026-12-01",
+    "1999-12-31 23:59:59.5-15:59",
+]
+LSN_FORMS = ["0/16B3748", "16/0000000A", "FFFFFFFF/FFFFFFFF", "0/0", "0/", " 0/1", "0/123456789"]
+BOOL_FORMS = ["on", "of", "off", "t", "tr", "yes", "y", "n", "1", "0", "o", "maybe"]
+
+
+def _sql_text(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def test_text_forms_agree_with_postgresql(pg_server: PgCluster) -> None:
+    """What walstream accepts, the server's own input functions read the same way."""
+    from walstream.errors import RecoveryTargetError
+    from walstream.wal.recovery import parse_bool, parse_lsn, parse_timestamptz
+
+    values = ", ".join(
+        f"(extract(epoch FROM {_sql_text(t)}::timestamptz) * 1000000)::bigint"
+        for t in TIMESTAMP_FORMS
+    )
+    out = pg_server.psql(f"SET timezone = 'UTC'; SELECT {values}").split("|")
+    for text, usecs in zip(TIMESTAMP_FORMS, out, strict=True):
+        assert _usecs_1970(parse_timestamptz(text)) == int(usecs), text
+    for text in LSN_FORMS:
+        try:
+            real: str | None = pg_server.psql(f"SELECT {_sql_text(text)}::pg_lsn")
+        except RuntimeError:
+            real = None
+        try:
+            ours: str | None = str(parse_lsn(text))
+        except RecoveryTargetError:
+            ours = None
+        assert ours == real, text
+    for text in BOOL_FORMS:
+        try:
+            real_b: bool | None = pg_server.psql(f"SELECT {_sql_text(text)}::boolean") == "t"
+        except RuntimeError:
+            real_b = None
+        try:
+            ours_b: bool | None = parse_bool(text)
+        except RecoveryTargetError:
+            ours_b = None
+        assert ours_b == real_b, text
