@@ -133,20 +133,27 @@ def test_default_loop_retries_and_continues_without_a_gap(
             lambda: primary.psql("SELECT count(*) FROM pg_stat_replication") == "2",
             what="both receivers streaming",
         )
-        _fill_segment(primary)
-        primary.stop("fast")
-        # While the server is down walstream keeps trying, backing off ...
-        wait_until(lambda: ours_run.stderr.count("retrying in") >= 3, what="walstream retrying")
-        wait_until(
-            lambda: "disconnected; waiting 5 seconds to try again" in ref_run.stderr,
-            what="pg_receivewal waiting to retry",
-        )
-        primary.start()
-        # ... and both come back by themselves.
-        wait_until(
-            lambda: primary.psql("SELECT count(*) FROM pg_stat_replication") == "2",
-            what="both receivers streaming again",
-        )
+        outages: list[str] = []
+        for outage in (1, 2):  # the second outage must back off from the start again
+            _fill_segment(primary)
+            mark = len(ours_run.lines)
+            primary.stop("fast")
+            # While the server is down walstream keeps trying, backing off ...
+            wait_until(
+                lambda mark=mark: "".join(ours_run.lines[mark:]).count("retrying in") >= 3,
+                what="walstream retrying",
+            )
+            wait_until(
+                lambda n=outage: ref_run.stderr.count("disconnected; waiting 5 seconds") >= n,
+                what="pg_receivewal waiting to retry",
+            )
+            primary.start()
+            # ... and both come back by themselves.
+            wait_until(
+                lambda: primary.psql("SELECT count(*) FROM pg_stat_replication") == "2",
+                what="both receivers streaming again",
+            )
+            outages.append("".join(ours_run.lines[mark:]))
         _fill_segment(primary)
         last = LSN.parse(primary.psql("SELECT pg_switch_wal()")) // SEG
         wait_until(
@@ -164,11 +171,13 @@ def test_default_loop_retries_and_continues_without_a_gap(
             run.kill()
     assert codes == {"ours": 0, "ref": 0}, {k: r.stderr for k, (r, _) in both.items()}
 
-    # The retry schedule walstream printed: 0.5 s doubling up to pg_receivewal's 5 s.
-    delays = [float(x) for x in re.findall(r"retrying in ([\d.]+) s", ours_run.stderr)]
-    assert delays[:3] == [0.5, 1.0, 2.0], ours_run.stderr
-    assert all(d <= 5.0 for d in delays)
-    assert ours_run.stderr.count("connected to") >= 2
+    # The retry schedule walstream printed: 0.5 s doubling up to pg_receivewal's 5 s,
+    # from the start again for each outage.
+    for text in outages:
+        delays = [float(x) for x in re.findall(r"retrying in ([\d.]+) s", text)]
+        assert delays[:3] == [0.5, 1.0, 2.0], text
+        assert all(d <= 5.0 for d in delays)
+    assert ours_run.stderr.count("connected to") == 3
 
     ours, ref = _files(both["ours"][1]), _files(both["ref"][1])
     completed = {n: b for n, b in ours.items() if ".partial" not in n}

@@ -177,6 +177,7 @@ class WalReceiver:
         delay = 0.5
         try:
             while not self._stop.is_set():
+                received = self.policy.write
                 try:
                     done = await self._session_or_stop()
                     delay = 0.5
@@ -189,6 +190,8 @@ class WalReceiver:
                     # connection that streamed is retried (unless --no-loop).
                     if not self._streamed or not self.options.loop:
                         raise
+                    if self.policy.write > received:
+                        delay = 0.5  # a new outage, not the last one's backoff
                     self._state = "waiting"
                     log.warning("%s; retrying in %.1f s", e, delay)
                 await self._sleep(delay)
