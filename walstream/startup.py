@@ -18,16 +18,52 @@ work (it blocks forever with pg_receivewal).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import concurrent.futures
+import contextlib
+import json
 import logging
+import re
+import signal
+import struct
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Final
 
+from walstream.errors import Error
 from walstream.lsn import LSN
+from walstream.wal.decoder import InvalidRecord, WalDecoder
+from walstream.wal.directory import read_wal_file
+from walstream.wal.recovery import RecoveryTarget, TargetReached
 from walstream.wal.replay import ReplayState
+from walstream.wal.segment import (
+    COMPRESSION_SUFFIXES,
+    HistoryEntry,
+    HistoryFileError,
+    SegmentName,
+    TimelineSpan,
+    check_seg_size,
+    expected_timelines,
+    history_file_name,
+    parse_history,
+    parse_segment_name,
+    segment_name,
+    timelines_for_segment,
+)
 
-__all__ = ["ReplayState", "Replayer", "main"]
+__all__ = [
+    "ReplayState",
+    "Replayer",
+    "StartupError",
+    "StartupOptions",
+    "StartupService",
+    "StartupStatus",
+    "main",
+]
 
 log = logging.getLogger("walstream.startup")
 
@@ -83,18 +119,548 @@ class Replayer:
         self._thread.shutdown(wait=False, cancel_futures=True)
 
 
+# -- following a directory ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StartupOptions:
+    """What the startup service replays and how far.
+
+    ``directory`` is a walstream / pg_receivewal directory (or a pg_wal).
+    ``follow`` keeps waiting for new WAL at the end, as a standby does;
+    without it the service stops at the end of the WAL it finds. ``start``
+    is a record or segment start (default: the first segment found).
+    ``target`` holds PostgreSQL's recovery_target_* settings, including the
+    timeline to follow and the action at the target (see
+    :class:`~walstream.wal.recovery.RecoveryTarget`).
+    """
+
+    directory: Path
+    follow: bool = False
+    start: LSN | None = None
+    target: RecoveryTarget = RecoveryTarget("unset")
+    poll_interval: float = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class StartupStatus:
+    """A snapshot of the startup role, as a standby would report it."""
+
+    state: str  # replaying, waiting, paused, promoted, shut down, failed, ended
+    replay_lsn: LSN
+    timeline: int | None
+    last_xact_time: datetime | None
+    last_checkpoint: LSN | None
+    last_checkpoint_redo: LSN | None
+    target_reached: TargetReached | None
+    error: str | None
+
+
+class StartupError(Error):
+    """The startup role cannot go on: corrupt WAL, a target never reached, a bad directory."""
+
+
+@dataclass(slots=True)
+class _SegmentFile:
+    path: Path
+    timeline: int
+    complete: bool
+
+
+class StartupService:
+    """Replay (decode, verify, track) the WAL of a directory, in LSN order, across timelines.
+
+    Files are read in PostgreSQL's order: for each segment, the newest
+    timeline of the target timeline's history that may hold it, so a switch
+    segment is read from the child's file and nothing of an abandoned branch
+    is replayed. A ``.partial`` is read as far as it holds valid WAL; while
+    following, the service retries from the end of the last valid record as
+    the file grows, exactly as a standby's startup process waits for its
+    walreceiver. A record that fails verification inside a completed segment
+    is corruption, not an end of WAL: the service stops there with the LSN and
+    the reason, and the replay position never passes it.
+
+    Decoding runs in a worker thread, so the event loop stays free.
+    """
+
+    def __init__(
+        self,
+        options: StartupOptions,
+        *,
+        on_replayed: Callable[[LSN], None] | None = None,
+    ) -> None:
+        self.options = options
+        self.on_replayed = on_replayed
+        self.state: ReplayState | None = None
+        self.seg_size: int | None = None
+        self._spans: list[TimelineSpan] = []
+        self._target_tli = 0
+        self._file_tli = 0
+        self._read = LSN(0)  # where the next byte fed comes from
+        self._warned = LSN(0)  # end of WAL in a completed segment, warned about once
+        self._status = "replaying"
+        self._error: str | None = None
+        self._stop = asyncio.Event()
+        self._resume = asyncio.Event()
+        self._thread = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="walstream-startup"
+        )
+
+    # -- control and status ---------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop at the next step (SIGINT/SIGTERM); what was replayed stays reported."""
+        self._stop.set()
+
+    def resume(self) -> None:
+        """Leave a pause at the recovery target: recovery ends (PostgreSQL then promotes)."""
+        self._resume.set()
+
+    def status(self) -> StartupStatus:
+        st = self.state
+        return StartupStatus(
+            state=self._status,
+            replay_lsn=st.replay_lsn if st else LSN(0),
+            timeline=(st.timeline if st and st.timeline else None) or self._file_tli or None,
+            last_xact_time=st.last_xact_time if st else None,
+            last_checkpoint=st.last_checkpoint if st else None,
+            last_checkpoint_redo=st.last_checkpoint_redo if st else None,
+            target_reached=st.target_reached if st else None,
+            error=self._error,
+        )
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def run(self) -> StartupStatus:
+        """Replay until the end of WAL (or forever with ``follow``), the target, or stop()."""
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._thread, self._setup)
+            while not self._stop.is_set():
+                before = self.state.replay_lsn if self.state else LSN(0)
+                progressed = await loop.run_in_executor(self._thread, self._step)
+                assert self.state is not None
+                if self.state.replay_lsn > before and self.on_replayed is not None:
+                    self.on_replayed(self.state.replay_lsn)
+                if self.state.target_reached is not None:
+                    await self._at_target()
+                    break
+                if progressed:
+                    continue
+                if not self.options.follow:
+                    self._end_of_wal()
+                    break
+                self._status = "waiting"
+                if await loop.run_in_executor(self._thread, self._rescan_timeline):
+                    continue
+                await self._wait(self.options.poll_interval)
+                self._status = "replaying"
+        except Error as e:
+            self._status = "failed"
+            self._error = str(e)
+            raise
+        finally:
+            self._thread.shutdown(wait=False, cancel_futures=True)
+        return self.status()
+
+    async def _wait(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+    async def _at_target(self) -> None:
+        assert self.state is not None
+        assert self.state.target_reached is not None
+        action = self.options.target.action
+        if action == "pause":
+            self._status = "paused"
+            log.info("recovery has paused (resume() ends recovery; stop() leaves it paused)")
+            stop = asyncio.ensure_future(self._stop.wait())
+            resume = asyncio.ensure_future(self._resume.wait())
+            await asyncio.wait([stop, resume], return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            resume.cancel()
+            if not self._resume.is_set():
+                return
+        if action == "shutdown":
+            self._status = "shut down"
+            log.info("shutting down at the recovery target")
+        else:
+            self._status = "promoted"
+            log.info("recovery ended at %s (timeline %s)", self.state.replay_lsn, self._file_tli)
+
+    def _end_of_wal(self) -> None:
+        assert self.state is not None
+        self._status = "ended"
+        stopped = self.state.stopped
+        if stopped is not None:
+            log.info("end of WAL at %s: %s", stopped.lsn, stopped.reason)
+        self.state.finish()  # PostgreSQL's FATAL if a target was set and not reached
+
+    # -- in the worker thread ---------------------------------------------------------------
+
+    def _setup(self) -> None:
+        directory = self.options.directory
+        if not directory.is_dir():
+            raise StartupError(f'could not open directory "{directory}": No such directory')
+        files = self._segment_files()
+        if not files:
+            raise StartupError(f'no WAL segment files in "{directory}"')
+        self.seg_size = _segment_size(files[0])
+        self._choose_timeline(files)
+        seg = self.seg_size
+        if self.options.start is not None:
+            start = self.options.start
+        else:
+            start = LSN(min(n.segno for n in self._names(files) if self._on_history(n)) * seg)
+        self._read = LSN(start - start % seg)
+        self.state = ReplayState(start, seg, target=self.options.target)
+        log.info("starting replay at %s on timeline %d (%s)", start, self._target_tli, directory)
+
+    def _segment_files(self) -> list[Path]:
+        return sorted(
+            p
+            for p in self.options.directory.iterdir()
+            if _SEGMENT_NAME.fullmatch(p.name) and p.is_file()
+        )
+
+    def _names(self, files: list[Path]) -> list[SegmentName]:
+        assert self.seg_size is not None
+        return [n for p in files if (n := parse_segment_name(p.name, self.seg_size)) is not None]
+
+    def _on_history(self, name: SegmentName) -> bool:
+        assert self.seg_size is not None
+        return name.timeline in timelines_for_segment(name.segno, self._spans, self.seg_size)
+
+    def _history(self, tli: int) -> list[HistoryEntry]:
+        if tli == 1:
+            return []
+        path = self.options.directory / history_file_name(tli)
+        try:
+            content = _read_file(path)
+        except FileNotFoundError:
+            raise StartupError(f'timeline history file "{path}" is missing') from None
+        except OSError as e:
+            raise StartupError(f'could not read "{path}": {e.strerror}') from None
+        try:
+            entries = parse_history(content)
+        except HistoryFileError as e:
+            raise StartupError(f'"{path}": {e}') from None
+        if entries and entries[-1].parent_tli >= tli:
+            raise StartupError(f'"{path}": timeline {tli} cannot descend from a later one')
+        return entries
+
+    def _latest_timeline(self) -> int:
+        """The highest timeline with a history file (or segments), as findNewestTimeLine."""
+        best = 1
+        for p in self.options.directory.iterdir():
+            m = _HISTORY_NAME.fullmatch(p.name)
+            if m is not None:
+                best = max(best, int(m.group(1), 16))
+        return best
+
+    def _choose_timeline(self, files: list[Path]) -> None:
+        wanted = self.options.target.timeline
+        names = self._names(files)
+        if wanted == "latest":
+            tli = max(self._latest_timeline(), min(n.timeline for n in names))
+        elif wanted == "current":
+            # The timeline of the start point: that of the first segment read.
+            first = min(names, key=lambda n: (n.segno, n.timeline))
+            if self.options.start is not None:
+                assert self.seg_size is not None
+                at = [n for n in names if n.segno == self.options.start // self.seg_size]
+                first = min(at, key=lambda n: n.timeline) if at else first
+            tli = first.timeline
+        else:
+            tli = int(wanted)
+        self._target_tli = tli
+        self._spans = expected_timelines(tli, self._history(tli))
+
+    def _rescan_timeline(self) -> bool:
+        """recovery_target_timeline = latest while following: switch to a newer timeline.
+
+        As rescanLatestTimeLine: only if what was replayed so far is on the new
+        timeline's history (it did not fork before our replay position).
+        """
+        if self.options.target.timeline != "latest" or self.state is None:
+            return False
+        newest = self._latest_timeline()
+        if newest <= self._target_tli:
+            return False
+        spans = expected_timelines(newest, self._history(newest))
+        mine = next((s for s in spans if s.timeline == self._target_tli), None)
+        replayed = self.state.replay_lsn
+        if mine is None or (mine.end is not None and mine.end < replayed):
+            log.warning(
+                "new timeline %d is not a child of database system timeline %d, or forked "
+                "off it before the current recovery point %s",
+                newest,
+                self._target_tli,
+                replayed,
+            )
+            self._target_tli = newest  # do not warn again; keep the old spans
+            return False
+        log.info("new target timeline is %d", newest)
+        self._target_tli = newest
+        self._spans = spans
+        return True
+
+    def _find(self, segno: int) -> _SegmentFile | None:
+        assert self.seg_size is not None
+        for tli in timelines_for_segment(segno, self._spans, self.seg_size):
+            if tli < self._file_tli:
+                break  # never go back to an older timeline's files
+            base = self.options.directory / segment_name(tli, segno, self.seg_size)
+            for suffix in COMPRESSION_SUFFIXES:
+                for partial in (False, True):
+                    path = base.with_name(base.name + suffix + (".partial" if partial else ""))
+                    if path.is_file():
+                        return _SegmentFile(path, tli, not partial)
+        return None
+
+    def _step(self) -> bool:
+        """Feed the next piece of WAL and replay what decodes.
+
+        True while there is more to read now; False at the end of the WAL
+        there is for now (nothing new, or decoding stopped without progress).
+        """
+        state = self.state
+        seg = self.seg_size
+        assert state is not None
+        assert seg is not None
+        if state.stopped is not None:
+            if not self.options.follow:
+                return False
+            self._read = _rewind(state)  # the WAL ended for now: retry from the last record
+        segno = self._read // seg
+        found = self._find(segno)
+        if found is None:
+            return False
+        offset = self._read - segno * seg
+        try:
+            data = _read_file(found.path, offset, seg - offset)
+        except OSError as e:
+            raise StartupError(f'could not read "{found.path}": {e.strerror}') from None
+        if found.complete and offset + len(data) != seg:
+            raise StartupError(
+                f'WAL segment "{found.path}" has {offset + len(data)} bytes, expected {seg}'
+            )
+        if not data:
+            return False
+        if found.timeline != self._file_tli:
+            self._file_tli = found.timeline
+            log.debug("reading %s", found.path.name)
+        before = state.replay_lsn
+        state.feed(self._read, data)
+        self._read = LSN(self._read + len(data))
+        state.advance(self._read)
+        stopped = state.stopped
+        if stopped is None:
+            return True  # all of it decoded: read on
+        if found.complete and stopped.lsn < self._read:
+            # A completed segment never changes: what fails in it is not an
+            # unfinished write but damage.
+            message = (
+                f"invalid WAL in completed segment {found.path.name} at {stopped.lsn}: "
+                f"{stopped.reason}"
+            )
+            if isinstance(stopped, InvalidRecord):
+                raise StartupError(message)
+            if stopped.lsn != self._warned:
+                log.warning("%s; treating it as the end of WAL", message)
+                self._warned = stopped.lsn
+        return state.replay_lsn > before
+
+
+def _rewind(state: ReplayState) -> LSN:
+    """Restart decoding after the last decoded record; return where to feed from (its page)."""
+    old = state.decoder
+    position = old.position
+    state.decoder = WalDecoder(
+        position, old.seg_size, prev_lsn=old.last_lsn, magic=old.magic, timeline=old.timeline
+    )
+    state.stopped = None
+    return LSN(position - position % 8192)
+
+
+_SEGMENT_NAME: Final = re.compile(r"[0-9A-F]{24}(\.gz|\.lz4|\.zst)?(\.partial)?")
+_HISTORY_NAME: Final = re.compile(r"([0-9A-F]{8})\.history")
+
+
+def _read_file(path: Path, offset: int = 0, size: int = -1) -> bytes:
+    """Bytes of a WAL or history file; compressed segments are decompressed whole."""
+    if path.name.removesuffix(".partial").endswith((".gz", ".lz4", ".zst")):
+        data = read_wal_file(path)
+        return data[offset : offset + size] if size >= 0 else data[offset:]
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(size)
+
+
+def _segment_size(path: Path) -> int:
+    """The segment size from the long page header (xlp_seg_size), as pg_waldump finds it."""
+    head = _read_file(path, 0, 40)
+    if len(head) < 40:
+        raise StartupError(f'WAL file "{path}" is too short to have a page header')
+    (seg_size,) = struct.unpack_from("<I", head, 32)
+    try:
+        return check_seg_size(seg_size)
+    except ValueError as e:
+        raise StartupError(f'WAL file "{path}": {e}') from None
+
+
+def add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    """The recovery target flags, named after PostgreSQL's settings (shared with the receiver)."""
+    g = parser.add_argument_group(
+        "recovery target (PostgreSQL's recovery_target_* settings; at most one target)"
+    )
+    g.add_argument("--recovery-target-lsn", metavar="LSN", help="stop at this WAL location")
+    g.add_argument("--recovery-target-xid", metavar="XID", help="stop at this transaction's end")
+    g.add_argument(
+        "--recovery-target-time",
+        metavar="TIMESTAMP",
+        help="stop at the first commit or abort after this time (e.g. '2026-12-01 10:00:00+00')",
+    )
+    g.add_argument(
+        "--recovery-target-name", metavar="NAME", help="stop at this pg_create_restore_point()"
+    )
+    g.add_argument(
+        "--recovery-target-inclusive",
+        metavar="on|off",
+        default="on",
+        help="stop just after the target (on, the default) or just before it (off)",
+    )
+    g.add_argument(
+        "--recovery-target-action",
+        choices=("pause", "promote", "shutdown"),
+        default="pause",
+        help="what to do at the target: pause (default: stop replaying, keep running), "
+        "promote (stop and report), shutdown (stop and exit)",
+    )
+
+
+def target_from_arguments(args: argparse.Namespace) -> RecoveryTarget:
+    """The RecoveryTarget the flags name; RecoveryTargetError with PostgreSQL's wording."""
+    return RecoveryTarget.from_settings(
+        lsn=args.recovery_target_lsn,
+        xid=args.recovery_target_xid,
+        time=args.recovery_target_time,
+        name=args.recovery_target_name,
+        inclusive=args.recovery_target_inclusive,
+        action=args.recovery_target_action,
+        timeline=getattr(args, "recovery_target_timeline", None),
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m walstream.startup",
+        description="Replay the WAL of a walstream or pg_receivewal directory the way a "
+        "standby's startup process does, without page redo: decode and CRC-verify every "
+        "record in LSN order across timelines, track the replay position, the last "
+        "transaction and checkpoint, and stop at a recovery target. With --follow it keeps "
+        "waiting for new WAL, as a standby does. 'python -m walstream.startup waldump ...' "
+        "inspects WAL like pg_waldump.",
+        epilog="Exit status: 0 at the end of the WAL, at the recovery target, or on SIGINT/"
+        "SIGTERM; 1 on corrupt WAL, a target the WAL ends before, or another error. "
+        "To replay while receiving, in one process: python -m walstream.receiver --replay.",
+    )
+    parser.add_argument(
+        "-D", "--directory", required=True, type=Path, help="the WAL directory to replay"
+    )
+    parser.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="at the end of the WAL, wait for more (a receiver is writing the directory)",
+    )
+    parser.add_argument(
+        "-s",
+        "--start",
+        metavar="LSN",
+        help="start at this record or segment start (default: the first segment in the directory)",
+    )
+    parser.add_argument(
+        "--recovery-target-timeline",
+        metavar="latest|current|N",
+        default="latest",
+        help="the timeline to recover along (default latest: the highest history file)",
+    )
+    add_target_arguments(parser)
+    parser.add_argument(
+        "--poll-interval", type=float, default=0.2, metavar="SECONDS",
+        help="with --follow, how often to look for new WAL (default 0.2)",
+    )  # fmt: skip
+    parser.add_argument("--json", action="store_true", help="print the final state as JSON")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each step")
+    return parser
+
+
+def _summary(status: StartupStatus) -> dict[str, object]:
+    def text(value: object) -> object:
+        if isinstance(value, datetime):
+            return value.isoformat()
+        return str(value) if isinstance(value, LSN) else value
+
+    reached = status.target_reached
+    return {
+        "state": status.state,
+        "replay_lsn": text(status.replay_lsn),
+        "timeline": status.timeline,
+        "last_xact_time": text(status.last_xact_time),
+        "last_checkpoint": text(status.last_checkpoint),
+        "last_checkpoint_redo": text(status.last_checkpoint_redo),
+        "target_reached": None if reached is None else reached.message,
+        "error": status.error,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["waldump"]:
+    args_list = sys.argv[1:] if argv is None else argv
+    if args_list[:1] == ["waldump"]:
         from walstream.waldump import main as waldump
 
-        return waldump(args[1:])
-    print(
-        "usage: python -m walstream.startup waldump [pg_waldump options]\n"
-        "The startup role runs inside the receiver: python -m walstream.receiver --replay ...",
-        file=sys.stderr,
+        return waldump(args_list[1:])
+    args = _parser().parse_args(args_list)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="walstream startup: %(message)s",
+        stream=sys.stderr,
     )
-    return 2
+    prog = "walstream startup"
+    try:
+        start = LSN.parse(args.start) if args.start else None
+        target = target_from_arguments(args)
+    except ValueError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    options = StartupOptions(
+        args.directory, follow=args.follow, start=start, target=target,
+        poll_interval=args.poll_interval,
+    )  # fmt: skip
+    service = StartupService(options)
+
+    async def run() -> StartupStatus:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, service.stop)
+        return await service.run()
+
+    try:
+        status = asyncio.run(run())
+        code = 0
+    except Error as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        status = service.status()
+        code = 1
+    summary = _summary(status)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for key, value in summary.items():
+            if value is not None:
+                print(f"{key}: {value}")
+    return code
 
 
 if __name__ == "__main__":
