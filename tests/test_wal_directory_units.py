@@ -82,3 +82,34 @@ def test_resume_scan_rules(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> 
     (tmp_path / "000000020000000000000006").write_bytes(bytes(100))  # wrong size: skipped
     assert WalDirectory(tmp_path, SEG).find_start() == (LSN(6 * SEG), 2)
     assert "has incorrect size 100, skipping" in caplog.text
+
+
+@pytest.mark.parametrize("compress", ["none", "gzip:1"])
+def test_write_chunks_equals_one_write(tmp_path: Path, compress: str) -> None:
+    # Pieces inside one segment (one pwritev), ending exactly at a segment's
+    # end, and crossing into the next segment: the files match one plain write.
+    pieces = [bytes([i]) * n for i, n in enumerate([5000, 70000, 1000, SEG - 76000, 3000, 9])]
+    pieces += [b"y" * 300_000, b"z" * (SEG - 200_000)]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    whole.mkdir()
+    parts.mkdir()
+    a = WalDirectory(whole, SEG, compression=Compression.parse(compress))
+    a.write(3 * SEG, b"".join(pieces), 1)
+    a.close()
+    b = WalDirectory(parts, SEG, compression=Compression.parse(compress))
+    assert b.fits(3 * SEG, 10, 1) is False  # no segment open yet
+    b.write_chunks(3 * SEG, pieces[:1], 1)
+    assert b.fits(3 * SEG + 5000, 71000, 1) is (compress == "none")
+    assert not b.fits(3 * SEG + 5000, SEG - 5000, 1)  # would complete the segment
+    b.write_chunks(3 * SEG + 5000, pieces[1:3], 1)
+    lsn = 3 * SEG + 76000
+    for group in (pieces[3:5], pieces[5:]):
+        b.write_chunks(lsn, group, 1)
+        lsn += sum(map(len, group))
+    assert b.written == LSN(lsn)
+    b.close()
+    names = sorted(p.name for p in whole.iterdir())
+    assert names == sorted(p.name for p in parts.iterdir())
+    assert len(names) == 3  # two completed segments and a .partial
+    for name in names:
+        assert (whole / name).read_bytes() == (parts / name).read_bytes(), name
