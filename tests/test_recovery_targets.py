@@ -56,6 +56,8 @@ CASES = [
     "xid_commit_prepared",
     "xid_commit_prepared_excl",
     "xid_abort_prepared",
+    "xid_full_form",
+    "xid_octal_form",
     "time_at_commit",
     "time_at_commit_excl",
     "time_before_abort",
@@ -84,6 +86,7 @@ class Oracle:
     redo: LSN
     end: LSN
     targets: dict[str, RecoveryTarget]
+    raw: dict[str, dict[str, str]] = field(default_factory=dict)  # setting text, as given
     outcomes: dict[str, Outcome] = field(default_factory=dict)
 
 
@@ -101,6 +104,14 @@ def _records(archive: Path, redo: LSN, end: LSN) -> list[tuple[LSN, object]]:
         out += [(rec.lsn, rec.payload() if rec.rmid <= 1 else None) for rec in dec.records()]
     assert dec.position <= end
     return out
+
+
+def _raw_settings(xids: dict[str, int]) -> dict[str, dict[str, str]]:
+    """Text forms PostgreSQL reads in its own way: a FullTransactionId (epoch 1), octal."""
+    return {
+        "xid_full_form": {"recovery_target_xid": str((1 << 32) + xids["c2"])},
+        "xid_octal_form": {"recovery_target_xid": "0" + format(xids["c2"], "o")},
+    }
 
 
 def _targets(
@@ -126,6 +137,7 @@ def _targets(
         "xid_commit_prepared": t.at_xid(xids["p1"]),
         "xid_commit_prepared_excl": t.at_xid(xids["p1"], inclusive=False),
         "xid_abort_prepared": t.at_xid(xids["p2"]),
+        **{case: t.from_settings(raw) for case, raw in _raw_settings(xids).items()},
         "time_at_commit": t.at_time(c2[1].xact_time),
         "time_at_commit_excl": t.at_time(c2[1].xact_time, inclusive=False),
         # The first transaction end after c1 is an abort: aborts count for time targets.
@@ -143,7 +155,8 @@ def _conf_value(text: str) -> str:
 
 def _recover(primary: PgCluster, backup: Path, oracle: Oracle, case: str) -> Outcome:
     target = oracle.targets[case]
-    settings = {k: _conf_value(v) for k, v in target.settings().items()}
+    given = target.settings() | oracle.raw.get(case, {})
+    settings = {k: _conf_value(v) for k, v in given.items()}
     settings |= {
         "restore_command": _conf_value(f"cp {oracle.archive}/%f %p"),
         "timezone": "'UTC'",
@@ -224,6 +237,7 @@ def oracle(request: pytest.FixtureRequest) -> Iterator[Oracle]:
             (archive / name).chmod(0o644)  # restore_command runs as the service user
         oracle = Oracle(version, archive, redo, end, {})
         oracle.targets = _targets(_records(archive, redo, end), xids, redo)
+        oracle.raw = _raw_settings(xids)
         with concurrent.futures.ThreadPoolExecutor(3) as pool:
             futures = {case: pool.submit(_recover, primary, backup, oracle, case) for case in CASES}
             oracle.outcomes = {case: f.result() for case, f in futures.items()}
