@@ -492,3 +492,14 @@ def test_out_of_range_times_print_as_infinity() -> None:
         commit=True,
     )
     assert r.message == "recovery stopping after commit of transaction 1, time infinity"
+
+
+def test_a_stop_before_the_first_record_reports_where_redo_began() -> None:
+    first = LSN(START + 40)  # after the long page header: the filler record
+    state = WORKLOAD.replay(RecoveryTarget.at_lsn(0, inclusive=False))
+    assert state.target_reached is not None
+    assert state.replay_lsn == state.target_reached.replay_lsn == first
+    immediate = WORKLOAD.replay(RecoveryTarget.immediate())  # consistent from the start
+    assert immediate.target_reached is not None
+    assert not immediate.target_reached.after
+    assert immediate.replay_lsn == first

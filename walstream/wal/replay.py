@@ -269,6 +269,10 @@ class ReplayState:
         *,
         restore_point: RestorePoint | None = None,
     ) -> bool:
+        if not after and self.replay_lsn == 0:
+            # Nothing replayed yet: PostgreSQL reports where redo began, which is
+            # this first record's start.
+            self.replay_lsn = LSN(lsn)
         time = raw = None
         if xact is not None:
             time, raw = xact.xact_time, xact.xact_time_raw
