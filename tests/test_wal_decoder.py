@@ -27,7 +27,11 @@ from walstream.wal.decoder import (
     EndOfWal,
     InvalidRecord,
     Record,
+    RecordStats,
     WalDecoder,
+    _Bad,
+    _body_fpi,
+    _parse_body,
 )
 from walstream.wal.rmgr import (
     CheckPoint,
@@ -663,3 +667,140 @@ def test_api_misuse_is_a_local_error() -> None:
     with pytest.raises(ValueError, match="aligned"):
         WalDecoder(0x1000029, SEG_SIZE)
     assert decoder.next_record() is NEED_DATA
+
+
+# ---------------------------------------------------------------------------
+# scan_stats: the statistics fast path against the general decoder
+# ---------------------------------------------------------------------------
+
+
+def _state(decoder: WalDecoder) -> tuple[object, ...]:
+    outcome = decoder.outcome
+    return (
+        decoder.position,
+        decoder.last_lsn,
+        None if outcome is None else (type(outcome), outcome.lsn, outcome.reason),
+    )
+
+
+def _scan_both(
+    start: int, data: bytes, bounds: list[int], **kwargs: object
+) -> tuple[list[Record], RecordStats]:
+    """Feed ``data`` in pieces to a general and a scanning decoder; equal after every piece."""
+    general = WalDecoder(start, SEG_SIZE, **kwargs)  # type: ignore[arg-type]
+    scanning = WalDecoder(start, SEG_SIZE, **kwargs)  # type: ignore[arg-type]
+    expected = RecordStats()
+    got = RecordStats()
+    records: list[Record] = []
+    for a, b in itertools.pairwise(bounds):
+        general.feed(start + a, data[a:b])
+        scanning.feed(start + a, data[a:b])
+        recs = list(general.records())
+        for rec in recs:
+            expected.add(rec)
+        records += recs
+        scanning.scan_stats(got)
+        assert _state(scanning) == _state(general)
+        assert got.acc == expected.acc
+        assert got.fpi == expected.fpi
+    return records, got
+
+
+def test_scan_stats_counts_what_records_yields(
+    sample: Sample, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whole timelines, segment by segment: same counts, same end, same reason."""
+    general_steps = 0
+    step = WalDecoder._step
+
+    def counting_step(self: WalDecoder) -> Record | None:
+        nonlocal general_steps
+        general_steps += 1
+        return step(self)
+
+    monkeypatch.setattr(WalDecoder, "_step", counting_step)
+    for tli, dump, start in ((1, sample.t1, sample.t1_start), (2, sample.t2, sample.t2_start)):
+        general = WalDecoder(start, SEG_SIZE)
+        scanning = WalDecoder(start, SEG_SIZE)
+        expected = RecordStats()
+        got = RecordStats()
+        pos = start - start % SEG_SIZE
+        while (sample.wal.waldir / seg_name(tli, pos)).exists():
+            data = (sample.wal.waldir / seg_name(tli, pos)).read_bytes()
+            general.feed(pos, data)
+            scanning.feed(pos, data)
+            for rec in general.records():
+                expected.add(rec)
+            scanning.scan_stats(got)
+            assert _state(scanning) == _state(general)
+            pos += SEG_SIZE
+        assert list(got.items()) == list(expected.items())
+        assert got.total == len(dump.records)
+        assert isinstance(scanning.outcome, EndOfWal)
+    # Both decoders leave only a few records to the general path (so the
+    # comparison is really of the scan's fast path).
+    assert general_steps < 0.1 * (len(sample.t1.records) + len(sample.t2.records))
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(cuts=st.lists(st.integers(min_value=1, max_value=2 * SEG_SIZE - 1), max_size=40))
+def test_scan_stats_any_chunking(sample: Sample, cuts: list[int]) -> None:
+    """Equal after every feed, whatever the pieces: record by record at the cut points."""
+    start, data = _window(sample)
+    records, got = _scan_both(start, data, sorted({0, len(data), *cuts}))
+    assert got.total == len(records)
+
+
+def test_scan_stats_small_feeds(sample: Sample) -> None:
+    """Feeds of a few bytes to a few pages: every page and record boundary case."""
+    start, data = _window(sample)
+    for step in (8192, 3001, 777):
+        _scan_both(start, data[: SEG_SIZE // 4], list(range(0, SEG_SIZE // 4 + 1, step)))
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(mutation=mutations, near_header=st.booleans(), chunk=st.sampled_from([None, 8192, 3001]))
+def test_scan_stats_finds_corruption_where_records_does(
+    sample: Sample, mutation: tuple[str, int, int], near_header: bool, chunk: int | None
+) -> None:
+    """Damaged WAL: the same records counted, the same outcome at the same LSN."""
+    kind, pos, value = mutation
+    if near_header:
+        pos = pos - pos % 8192 + pos % 48
+    start, data = _window(sample)
+    bad = _mutate(data, kind, pos, value)
+    step = chunk or len(bad)
+    _scan_both(start, bad, [*range(0, len(bad), step), len(bad)])
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    index=st.integers(min_value=0),
+    at=st.integers(min_value=24, max_value=90),
+    value=st.integers(min_value=0, max_value=255),
+    v15=st.booleans(),
+)
+def test_body_checks_match_parse_body(
+    sample: Sample, index: int, at: int, value: int, v15: bool
+) -> None:
+    """_body_fpi accepts exactly what _parse_body accepts (the headers of a damaged record)."""
+    start, data = _window(sample)
+    records, _ = _decode_bytes(start, data)
+    raw = bytearray(records[index % len(records)].raw.tobytes())
+    for body in (bytes(raw), None):
+        if body is None:
+            if at >= len(raw):
+                return
+            raw[at] = value
+            body = bytes(raw)
+        try:
+            _, _, _, _, _, fpi = _parse_body(body, 0, len(body), v15, True)
+        except _Bad:
+            fpi = -1
+        assert _body_fpi(body, 0, len(body), v15, True) == fpi

@@ -26,7 +26,7 @@ from typing import Final, TextIO
 
 from walstream.errors import WalCorruption
 from walstream.lsn import LSN
-from walstream.wal.decoder import FORK_NAMES, Record, WalDecoder
+from walstream.wal.decoder import FORK_NAMES, Record, RecordStats, WalDecoder
 from walstream.wal.rmgr import (
     RMGR_NAMES,
     CheckPoint,
@@ -360,18 +360,16 @@ def _configure(args: argparse.Namespace) -> _Config:
 # ---------------------------------------------------------------------------
 
 
-def _read_records(cfg: _Config, decoder: WalDecoder) -> Iterator[Record]:
-    """Feed segment files to the decoder as it needs them; yield its records.
+def _feeds(cfg: _Config, decoder: WalDecoder) -> Iterator[None]:
+    """Feed segment files to the decoder as it needs them, pausing after each feed.
 
-    Stops quietly at ``cfg.end`` (records not wholly before it are not
+    The caller drains the decoder (``records()`` or ``scan_stats()``) at each
+    pause. Stops quietly at ``cfg.end`` (records not wholly before it are not
     shown, as with pg_waldump), and raises _Fatal for a missing file.
     """
     pos = cfg.start - cfg.start % 8192
     end = cfg.end
-    while True:
-        yield from decoder.records()
-        if decoder.outcome is not None:
-            return
+    while decoder.outcome is None:
         fed = decoder.fed_end
         if fed is not None:
             pos = max(fed, decoder.position - decoder.position % 8192)
@@ -403,10 +401,15 @@ def _read_records(cfg: _Config, decoder: WalDecoder) -> Iterator[Record]:
                 pos += len(chunk)
                 offset += len(chunk)
                 want -= len(chunk)
-                if want > 0:
-                    yield from decoder.records()
-                    if decoder.outcome is not None:
-                        return
+                yield
+                if decoder.outcome is not None:
+                    return
+
+
+def _read_records(cfg: _Config, decoder: WalDecoder) -> Iterator[Record]:
+    """The decoder's records, fed from the segment files (see _feeds)."""
+    for _ in _feeds(cfg, decoder):
+        yield from decoder.records()
 
 
 # ---------------------------------------------------------------------------
@@ -564,36 +567,42 @@ def _record_json(rec: Record) -> str:
 class _Stats:
     """XLogRecStoreStats and XLogDumpDisplayStats.
 
-    Per record only a counter keyed by (rmgr, record type) is updated; the
-    per-rmgr rows are sums computed when the table is printed.
+    The counters are the decoder's :class:`RecordStats` (per header
+    ``info | rmid << 8``), which :meth:`WalDecoder.scan_stats` fills without
+    building records; pg_waldump's per record type and per rmgr rows are sums
+    computed from them when the table is printed.
     """
 
     def __init__(self) -> None:
-        self.count = 0
-        self.record: dict[int, list[int]] = {}  # rmid << 4 | recid -> [n, rec_len, fpi_len]
+        self.counts = RecordStats()
         self.start: int | None = None
         self.end: int | None = None
 
     def add(self, rec: Record) -> None:
-        # Fields by index: rmid 4, info 5, tot_len 6, fpi_len 10, end 1 (hot path).
-        rmid = rec[4]
-        # Transaction records keep a flag in the high bit of the opcode nibble.
-        key = (rmid << 4) | ((rec[5] >> 4) & 0x07 if rmid == 1 else rec[5] >> 4)
-        fpi = rec[10]
-        row = self.record.get(key)
-        if row is None:
-            self.record[key] = [1, rec[6] - fpi, fpi]
-        else:
-            row[0] += 1
-            row[1] += rec[6] - fpi
-            row[2] += fpi
-        self.count += 1
+        self.counts.add(rec)
         self.end = rec[1]
+
+    @property
+    def count(self) -> int:
+        return self.counts.total
+
+    @property
+    def record(self) -> dict[int, list[int]]:
+        """rmid << 4 | recid -> [n, rec_len, fpi_len], as pg_waldump keys its rows."""
+        rows: dict[int, list[int]] = {}
+        for rmid, info, n, tot_len, fpi_len in self.counts.items():
+            # Transaction records keep a flag in the high bit of the opcode nibble.
+            key = (rmid << 4) | ((info >> 4) & 0x07 if rmid == 1 else info >> 4)
+            row = rows.setdefault(key, [0, 0, 0])
+            row[0] += n
+            row[1] += tot_len - fpi_len
+            row[2] += fpi_len
+        return rows
 
     @property
     def rmgr(self) -> dict[int, list[int]]:
         sums: dict[int, list[int]] = {}
-        for key, (n, rec_len, fpi_len) in self.record.items():
+        for key, (n, rec_len, fpi_len) in self.record.items():  # (display computes it once)
             row = sums.setdefault(key >> 4, [0, 0, 0])
             row[0] += n
             row[1] += rec_len
@@ -603,6 +612,7 @@ class _Stats:
     def display(self, out: TextIO, per_record: bool, version: int) -> None:
         if self.end is None or self.start is None:
             return
+        per_type = self.record
         per_rmgr = self.rmgr
         total_count = sum(r[0] for r in per_rmgr.values())
         total_rec = sum(r[1] for r in per_rmgr.values())
@@ -635,7 +645,7 @@ class _Stats:
                 row(rmgr_name(rmid), n, rec_len, fpi_len)
                 continue
             for recid in range(16):
-                stats = self.record.get(rmid << 4 | recid)
+                stats = per_type.get(rmid << 4 | recid)
                 if stats is None:
                     continue
                 name = record_type_name(rmid, recid << 4, version)
@@ -685,7 +695,12 @@ def _run(cfg: _Config, out: TextIO) -> int:
         or cfg.fork is not None
         or cfg.fullpage
     )
-    for rec in _read_records(cfg, decoder):
+    # Plain statistics need no Record objects: after the first record the
+    # decoder's scan_stats counts the rest (same verification, several times
+    # faster).
+    scan = stats is not None and not filtered and cfg.limit <= 0
+    feeds = _feeds(cfg, decoder)
+    for rec in (r for _ in feeds for r in decoder.records()):
         if first is None:
             if rec.lsn < cfg.start:
                 continue  # XLogFindNextRecord: the first record at or after the start
@@ -704,6 +719,8 @@ def _run(cfg: _Config, out: TextIO) -> int:
         if not cfg.quiet:
             if stats is not None:
                 stats.add(rec)
+                if scan:
+                    break
             elif cfg.json:
                 write(_record_json(rec) + "\n")
             else:
@@ -712,17 +729,30 @@ def _run(cfg: _Config, out: TextIO) -> int:
         if 0 < cfg.limit <= shown:
             break
     else:
-        outcome = decoder.outcome
-        if first is None:
-            reason = f": {outcome.reason}" if outcome is not None else ""
-            raise _Fatal(f"could not find a valid record after {cfg.start}{reason}")
-        if stats is not None:
-            stats.display(out, cfg.stats == "record", decoder.version)
-        if outcome is not None:
-            raise _Fatal(f"error in WAL record at {decoder.last_lsn or LSN(0)}: {outcome.reason}")
-        return 0
+        return _finish(cfg, decoder, stats, first, out)
+    if scan and stats is not None:
+        decoder.scan_stats(stats.counts)
+        for _ in feeds:
+            decoder.scan_stats(stats.counts)
+        stats.end = decoder.position
+        return _finish(cfg, decoder, stats, first, out)
     if stats is not None:
         stats.display(out, cfg.stats == "record", decoder.version)
+    return 0
+
+
+def _finish(
+    cfg: _Config, decoder: WalDecoder, stats: _Stats | None, first: int | None, out: TextIO
+) -> int:
+    """Decoding stopped: print the statistics, and the reason if it was an error."""
+    outcome = decoder.outcome
+    if first is None:
+        reason = f": {outcome.reason}" if outcome is not None else ""
+        raise _Fatal(f"could not find a valid record after {cfg.start}{reason}")
+    if stats is not None:
+        stats.display(out, cfg.stats == "record", decoder.version)
+    if outcome is not None:
+        raise _Fatal(f"error in WAL record at {decoder.last_lsn or LSN(0)}: {outcome.reason}")
     return 0
 
 

@@ -67,6 +67,7 @@ __all__ = [
     "InvalidRecord",
     "NeedData",
     "Record",
+    "RecordStats",
     "WalDecoder",
 ]
 
@@ -124,6 +125,73 @@ _U32: Final = struct.Struct("<I")
 _REL_BLK: Final = struct.Struct("<IIII")
 
 _tuple_new = tuple.__new__
+
+# The record header as the statistics scan needs it: tot_len, prev, info | rmid << 8, crc.
+_STATS_HEAD: Final = struct.Struct("<I4xQHxxI")
+# ... and what follows when it is one block header and a short main data header:
+# block id, fork_flags, data_length, (relation, block number), DATA_SHORT, length.
+_STATS_HEAD46: Final = struct.Struct("<I4xQHxxIBBH16xBB")
+
+
+def _special_keys(v15: bool) -> bytes:
+    """Per ``info | rmid << 8``: 1 where a record needs the general path.
+
+    Invalid resource manager ids (custom ids 128-255 exist from 15), and the
+    two XLOG records that change how reading goes on (SWITCH ends the segment,
+    OVERWRITE_CONTRECORD is checked against the record abandoned before it).
+    """
+    table = bytearray(65536)
+    for key in range(65536):
+        rmid, info = key >> 8, key & 0xFF
+        invalid = rmid > 21 and (rmid < 128 or not v15)
+        if invalid or (
+            rmid == RM_XLOG_ID and info & 0xF0 in (XLOG_SWITCH, XLOG_OVERWRITE_CONTRECORD)
+        ):
+            table[key] = 1
+    return bytes(table)
+
+
+_SPECIAL_15: Final = _special_keys(True)
+_SPECIAL_14: Final = _special_keys(False)
+
+
+_COUNT_ONE: Final = 1 << 48  # RecordStats.acc: the count above bit 48, tot_len sums below
+
+
+class RecordStats:
+    """Per record type counters, filled by :meth:`WalDecoder.scan_stats`.
+
+    Indexed by ``info | rmid << 8`` (the two header bytes as they lie): plain
+    lists, because a list index is the cheapest update Python has and the
+    scan does one for every record. ``acc[k]`` holds the count of records of
+    type ``k`` times 2**48 plus the sum of their xl_tot_len (one update for
+    both; sums up to 256 TB per type), ``fpi[k]`` the sum of their stored
+    block image lengths (pg_waldump's record size is xl_tot_len minus that).
+    """
+
+    __slots__ = ("acc", "fpi")
+
+    def __init__(self) -> None:
+        self.acc = [0] * 65536
+        self.fpi = [0] * 65536
+
+    def add(self, rec: Record) -> None:
+        """Count a record decoded by the general path."""
+        key = rec[5] | rec[4] << 8
+        self.acc[key] += rec[6] + _COUNT_ONE
+        self.fpi[key] += rec[10]
+
+    @property
+    def total(self) -> int:
+        """The number of records counted."""
+        return sum(self.acc) >> 48
+
+    def items(self) -> Iterator[tuple[int, int, int, int, int]]:
+        """(rmid, info, count, tot_len sum, fpi sum) for every type seen."""
+        mask = _COUNT_ONE - 1
+        for key, acc in enumerate(self.acc):
+            if acc:
+                yield key >> 8, key & 0xFF, acc >> 48, acc & mask, self.fpi[key]
 
 
 class NeedData(enum.Enum):
@@ -455,6 +523,103 @@ def _parse_body(
     return tuple(blocks), origin, toplevel, tot_len - main_len, main_len, fpi
 
 
+def _body_fpi(buf: bytes, start: int, tot_len: int, v15: bool, toplevel_ok: bool) -> int:
+    """The checks of :func:`_parse_body`, without building anything.
+
+    Returns the record's FPI length (the sum of its stored image lengths), or
+    -1 where _parse_body would raise (the general path then says why). Kept
+    statement for statement parallel to _parse_body: the statistics scan
+    relies on the two accepting exactly the same records (tested).
+    """
+    end = start + tot_len
+    p = start + RECORD_HEADER
+    datatotal = 0
+    fpi = 0
+    max_id = -1
+    have_rel = False
+    while end - p > datatotal:
+        bid = buf[p]
+        if bid <= XLR_MAX_BLOCK_ID:
+            if end - p < 4 or bid <= max_id:
+                return -1
+            max_id = bid
+            flags = buf[p + 1]
+            dlen = buf[p + 2] | buf[p + 3] << 8
+            p += 4
+            if flags & BKPBLOCK_HAS_DATA:
+                if not dlen:
+                    return -1
+            elif dlen:
+                return -1
+            datatotal += dlen
+            if flags & BKPBLOCK_HAS_IMAGE:
+                if end - p < 5:
+                    return -1
+                img_len, hole_off, bimg = _IMAGE.unpack_from(buf, p)
+                p += 5
+                if v15:
+                    compressed = bimg & (
+                        BKPIMAGE_COMPRESS_PGLZ | BKPIMAGE_COMPRESS_LZ4 | BKPIMAGE_COMPRESS_ZSTD
+                    )
+                else:
+                    compressed = bimg & 0x02
+                hole_len = 0
+                if compressed:
+                    if bimg & BKPIMAGE_HAS_HOLE:
+                        if end - p < 2:
+                            return -1
+                        hole_len = buf[p] | buf[p + 1] << 8
+                        p += 2
+                else:
+                    hole_len = BLCKSZ - img_len
+                datatotal += img_len
+                fpi += img_len
+                if bimg & BKPIMAGE_HAS_HOLE:
+                    if hole_off == 0 or hole_len == 0 or img_len == BLCKSZ:
+                        return -1
+                elif hole_off or hole_len:
+                    return -1
+                if compressed:
+                    if img_len == BLCKSZ:
+                        return -1
+                elif not bimg & BKPIMAGE_HAS_HOLE and img_len != BLCKSZ:
+                    return -1
+            if flags & BKPBLOCK_SAME_REL:
+                if not have_rel or end - p < 4:
+                    return -1
+                p += 4
+            else:
+                if end - p < 16:
+                    return -1
+                have_rel = True
+                p += 16
+        elif bid == XLR_BLOCK_ID_DATA_SHORT:
+            if end - p < 2:
+                return -1
+            datatotal += buf[p + 1]
+            p += 2
+            break
+        elif bid == XLR_BLOCK_ID_DATA_LONG:
+            if end - p < 5:
+                return -1
+            datatotal += _U32.unpack_from(buf, p + 1)[0]
+            p += 5
+            break
+        elif bid == XLR_BLOCK_ID_ORIGIN:
+            if end - p < 3:
+                return -1
+            p += 3
+        elif bid == XLR_BLOCK_ID_TOPLEVEL_XID and toplevel_ok:
+            if end - p < 5:
+                return -1
+            p += 5
+        else:
+            return -1
+    if end - p != datatotal:
+        return -1
+    return fpi
+
+
 class _Assembly:
     """A record being reassembled from several pages (kept across NEED_DATA)."""
 
@@ -718,6 +883,182 @@ class WalDecoder:
             if general is None:
                 return
             yield general
+
+    def scan_stats(self, stats: RecordStats) -> None:
+        """Decode and verify records as :meth:`records` does, counting them into ``stats``.
+
+        For ``waldump --stats`` and other whole-WAL scans that need only each
+        record's type and sizes. Building a Record costs more than verifying
+        it, so the common records are only checked and counted, in a loop
+        that does the least Python per record: one ``struct`` unpack of the
+        record header with the first block header, the two CRC calls, a few
+        comparisons and two list updates. The verification is the same, check
+        for check: records of unusual shape go through the checks of the
+        general decoder without building anything (:func:`_body_fpi`), and
+        page headers other than a plain one, records whose header is split
+        across pages and anything failing a check are handed to the general
+        path itself, which then decodes the record or ends decoding with the
+        outcome :meth:`records` would give. Afterwards :attr:`outcome`,
+        :attr:`position` and :attr:`last_lsn` are what iterating
+        :meth:`records` would have left.
+        """
+        acc, fpis = stats.acc, stats.fpi
+        head = _STATS_HEAD.unpack_from
+        head46 = _STATS_HEAD46.unpack_from
+        page_head = _PAGE.unpack_from
+        crc = crc32c
+        body_fpi = _body_fpi
+        join = b"".join
+        seg_mask = self.seg_size - 1
+        while self._outcome is None:
+            buf = self._buf
+            mv = self._mv
+            base = self._buf_lsn
+            n = len(buf)
+            pos = self._next
+            prev = self._prev
+            if (
+                self._asm is None
+                and prev is not None
+                and not self._skip_contrecord
+                and not base & 7
+            ):
+                page_ok = self._page_ok
+                latest_page = self._latest_page
+                tli = self._latest_tli
+                magic = self._magic
+                v15 = self._v15
+                top_ok = self._toplevel_ok
+                special = _SPECIAL_15 if v15 else _SPECIAL_14
+                max_len = self._max_len
+                while True:
+                    off = pos & 8191
+                    if off == 0:
+                        # A page start: a plain page header (no flags but
+                        # BKP_REMOVABLE, not a segment's first page, the page
+                        # before's timeline) is accepted here.
+                        i = pos - base
+                        if i < 0 or i + 24 > n or not pos & seg_mask:
+                            break
+                        p_magic, p_info, p_tli, p_addr, _ = page_head(buf, i)
+                        if p_magic != magic or p_info | 4 != 4 or p_addr != pos or p_tli != tli:
+                            break
+                        page_ok = latest_page = pos
+                        pos += 24
+                        continue
+                    if pos - off != page_ok:
+                        break  # a page not validated yet
+                    i = pos - base
+                    # The records lying wholly in this page, with room after
+                    # their start for the header and one block header.
+                    lim = i - off + 8192
+                    if lim > n:
+                        lim = n
+                    hlim = lim - 46
+                    prev_i = prev - base
+                    while i <= hlim:
+                        tot_len, xl_prev, key, want, b0, flags, dlen, b44, b45 = head46(buf, i)
+                        e = i + tot_len
+                        if e > lim or xl_prev - base != prev_i or special[key] or tot_len < 24:
+                            break
+                        if crc(buf[i : i + 20], crc(buf[i + 24 : e])) != want:
+                            break
+                        if b0 == 255:  # XLR_BLOCK_ID_DATA_SHORT
+                            # Main data only (commits, most non-page records).
+                            if tot_len != 26 + flags:
+                                break
+                        elif not (
+                            # One block without image on a named relation, then
+                            # main data: most heap and index changes.
+                            b0 == 0
+                            and not flags & 0x90
+                            and b44 == 255
+                            and tot_len == 46 + dlen + b45
+                            and (dlen == 0) == (flags & 0x20 == 0)  # BKPBLOCK_HAS_DATA
+                        ):
+                            fpi = body_fpi(buf, i, tot_len, v15, top_ok)
+                            if fpi < 0:
+                                break
+                            fpis[key] += fpi
+                        acc[key] += tot_len + 281474976710656  # + _COUNT_ONE
+                        prev_i = i
+                        i = (e + 7) & ~7
+                    prev = base + prev_i
+                    pos = base + i
+                    if pos & 8191 == 0:
+                        continue
+                    # One record the loop above left: near the page's end, or
+                    # continued on the next pages, or of another shape, or bad.
+                    off = pos & 8191
+                    if off > 8168 or i + 24 > n:
+                        break  # a record header split across pages, or not fed
+                    tot_len, xl_prev, key, want = head(buf, i)
+                    if xl_prev != prev or special[key] or tot_len < 24:
+                        break
+                    e = i + tot_len
+                    if off + tot_len <= 8192:
+                        if e > n or crc(buf[i : i + 20], crc(buf[i + 24 : e])) != want:
+                            break
+                        fpi = body_fpi(buf, i, tot_len, v15, top_ok)
+                        if fpi < 0:
+                            break
+                        end = pos + ((tot_len + 7) & ~7)
+                    else:
+                        # Continued on the next pages, each of which must be
+                        # a plain continuation page that agrees on the length.
+                        if tot_len > max_len:
+                            break
+                        got = 8192 - off
+                        pieces = [mv[i : i + got]]
+                        page = pos - off + 8192
+                        take = 0
+                        while got < tot_len:
+                            pi = page - base
+                            if pi + 24 > n or not page & seg_mask:
+                                break
+                            p_magic, p_info, p_tli, p_addr, rem = page_head(buf, pi)
+                            if (
+                                p_magic != magic
+                                or p_info | 4 != 5
+                                or p_addr != page
+                                or p_tli != tli
+                                or rem != tot_len - got
+                            ):
+                                break
+                            take = rem if rem < 8168 else 8168
+                            if pi + 24 + take > n:
+                                break
+                            pieces.append(mv[pi + 24 : pi + 24 + take])
+                            got += take
+                            page += 8192
+                        if got < tot_len:
+                            break
+                        rec = join(pieces)
+                        if crc(rec[:20], crc(memoryview(rec)[24:])) != want:
+                            break
+                        fpi = body_fpi(rec, 0, tot_len, v15, top_ok)
+                        if fpi < 0:
+                            break
+                        page -= 8192
+                        page_ok = latest_page = page
+                        end = page + 24 + ((take + 7) & ~7)
+                    acc[key] += tot_len + _COUNT_ONE
+                    fpis[key] += fpi
+                    prev = pos
+                    pos = end
+                self._next = pos
+                self._prev = prev
+                self._page_ok = page_ok
+                self._latest_page = latest_page
+            # The general path: page headers, split headers, errors, need data.
+            try:
+                general = self._step()
+            except _Stop as stop:
+                self._outcome = stop.outcome
+                break
+            if general is None:
+                break
+            stats.add(general)
 
     def _stop_end(self, lsn: int, reason: str) -> _Stop:
         return _Stop(EndOfWal(lsn, reason))

@@ -1,0 +1,203 @@
+#!/usr/bin/env python3
+"""WAL decode + verify throughput: walstream against ``pg_waldump --stats`` on the same WAL.
+
+Run: ``.venv/bin/python bench/waldump.py --keep /tmp/walbench [--rounds 5]``
+
+The WAL (about 1.1 GiB by default, 16 MB segments, PostgreSQL 15) is
+generated once and reused with ``--keep DIR``; its mix is:
+
+* ``pgbench -i -s 30`` (about 400 MB): mostly large records, Heap2
+  MULTI_INSERT from the COPY (a few kB each) and the btree build's
+  full-page images;
+* then ``pgbench -c 4 -j 2`` transactions (the TPC-B-like default script)
+  in 20 s runs until the total reaches ``--target-mb``, with a CHECKPOINT
+  before every run, as a live system has every few minutes. This part is
+  small records: per transaction three Heap UPDATE/HOT_UPDATE, a Heap
+  INSERT, a Transaction COMMIT (50-80 bytes, one block and main data, or
+  main data only), plus the full-page images of pages first touched after
+  each checkpoint (mostly pgbench_accounts) and some Heap2 PRUNE, Standby
+  RUNNING_XACTS, XLOG records.
+
+Timed, in interleaved rounds (the order alternates, medians reported):
+
+* ``pg_waldump --stats`` (the C baseline) over the whole range;
+* ``decode+verify``: walstream's decoder over the same range as
+  ``walstream waldump --stats`` reads it (every record decoded and its CRC
+  checked, every page header and xlogreader check), through
+  ``WalDecoder.scan_stats``, with no CLI around it;
+* ``walstream waldump --stats``: the CLI end to end as a user runs it, in a
+  fresh interpreter (start-up, imports, reading the files, the statistics
+  table), which is the apples-to-apples comparison with pg_waldump.
+
+Both statistics outputs are checked to be identical (pg_waldump's table
+byte for byte) before anything is timed. Ratios are walstream's speed
+relative to pg_waldump's (higher is better; 1.0x is parity). The same is
+reported for the two parts of the WAL separately. The load of the machine
+is printed: on a shared machine compare ratios, not seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from walstream.embedded import PgCluster, find_bindir
+from walstream.lsn import LSN
+from walstream.wal.crc import HAVE_C_CRC32C
+from walstream.wal.decoder import WalDecoder
+from walstream.wal.segment import segment_name
+
+SEG = 16 * 1024 * 1024
+VERSION = 15
+
+
+def generate(dest: Path, scale: int, target: int) -> tuple[LSN, LSN, LSN]:
+    """Make the WAL with a throwaway cluster; return (start, end of pgbench -i, end)."""
+    cluster = PgCluster.create(
+        VERSION,
+        conf={
+            "wal_keep_size": "'16GB'",
+            "max_wal_size": "'16GB'",
+            "checkpoint_timeout": "'1h'",
+            "synchronous_commit": "off",
+            "fsync": "off",  # the WAL's content is the same; generating it is faster
+        },
+    )
+    try:
+        start = LSN.parse(cluster.current_lsn())
+        cluster.pgbench("-i", "-s", str(scale), "-q", timeout=3600)
+        mid = LSN.parse(cluster.current_lsn())
+        print(f"pgbench -i: {(mid - start) / 1e6:.0f} MB", flush=True)
+        cluster.psql("CHECKPOINT")
+        while LSN.parse(cluster.current_lsn()) - start < target:
+            cluster.pgbench("-c", "4", "-j", "2", "-T", "20", "-n", timeout=600)
+            print(f"  {(LSN.parse(cluster.current_lsn()) - start) / 1e6:.0f} MB", flush=True)
+        end = LSN.parse(cluster.current_lsn())
+        cluster.psql("CHECKPOINT")  # flush the last records into the files we copy
+        for path in sorted((cluster.datadir / "pg_wal").iterdir()):
+            if path.is_file():
+                shutil.copy(path, dest / path.name)
+        return start, mid, end
+    finally:
+        cluster.destroy()
+
+
+def decode_verify(waldir: Path, start: LSN, end: LSN) -> tuple[int, float]:
+    """The decoder alone, fed whole segments, as ``waldump --stats`` drives it."""
+    began = time.perf_counter()
+    dec = WalDecoder(start - start % 8192, SEG)
+    counts: dict[int, list[int]] = {}
+    n = 0
+    pos = start - start % SEG
+    while pos < end:
+        with open(waldir / segment_name(1, pos // SEG, SEG), "rb") as f:
+            data = f.read(min(SEG, end - pos))
+        dec.feed(pos, data)
+        pos += len(data)
+        n += dec.scan_stats(counts, start, end)
+        if dec.outcome is not None:
+            break
+    return n, time.perf_counter() - began
+
+
+def run_timed(cmd: list[str]) -> tuple[str, float]:
+    began = time.perf_counter()
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return out, time.perf_counter() - began
+
+
+def _table(stats_out: str) -> str:
+    """The statistics table (pg_waldump prints its "first record is after" note on stdout)."""
+    return "".join(ln for ln in stats_out.splitlines(True) if not ln.startswith("first record"))
+
+
+def total_count(stats_out: str) -> int:
+    return int(next(ln for ln in stats_out.splitlines() if ln.startswith("Total")).split()[1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=int, default=30, help="pgbench -i scale (default 30)")
+    parser.add_argument(
+        "--target-mb", type=int, default=1150, help="total WAL to generate (default 1150 MB)"
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
+    parser.add_argument("--keep", type=Path, help="reuse or keep the WAL in this directory")
+    parser.add_argument("--generate-only", action="store_true")
+    parser.add_argument("--whole-only", action="store_true", help="skip the per-part figures")
+    args = parser.parse_args()
+    waldir = args.keep or Path(tempfile.mkdtemp(prefix="walbench-"))
+    waldir.mkdir(parents=True, exist_ok=True)
+    marker = waldir / "RANGE"
+    if marker.exists():
+        start, mid, end = (LSN.parse(x) for x in marker.read_text().split())
+    else:
+        start, mid, end = generate(waldir, args.scale, args.target_mb * 1_000_000)
+        marker.write_text(f"{start} {mid} {end}\n")
+    if args.generate_only:
+        print(f"WAL in {waldir}: {start} {mid} {end}")
+        return
+    if not HAVE_C_CRC32C:
+        print("warning: the crc32c package is not installed (pip install walstream[fast])")
+    bindir = find_bindir(VERSION)
+    assert bindir is not None, f"PostgreSQL {VERSION} not installed"
+    pg_waldump = str(bindir / "pg_waldump")
+    script = Path(sys.executable).parent / "walstream"  # the console script a user runs
+    cli = [str(script)] if script.exists() else [sys.executable, "-m", "walstream.cli"]
+    parts = [("all", start, end)]
+    if not args.whole_only:
+        parts += [("pgbench -i", start, mid), ("pgbench tx", mid, end)]
+    try:
+        for label, a, b in parts:
+            mb = (b - a) / 1e6
+            rng = ["-p", str(waldir), "-s", str(a), "-e", str(b)]
+            c_cmd = [pg_waldump, "--stats", *rng]
+            py_cmd = [*cli, "waldump", "--stats", *rng]
+            c_out, _ = run_timed(c_cmd)
+            py_out, _ = run_timed(py_cmd)
+            if _table(py_out) != _table(c_out):
+                raise SystemExit(f"--stats outputs differ:\n{c_out}\n---\n{py_out}")
+            n_rec = total_count(c_out)
+            n_dec, _ = decode_verify(waldir, a, b)
+            if n_dec != n_rec:
+                raise SystemExit(f"decode+verify counted {n_dec} records, pg_waldump {n_rec}")
+            runs: dict[str, Callable[[], float]] = {
+                "pg_waldump --stats": lambda c=c_cmd: run_timed(c)[1],  # type: ignore[misc]
+                "decode+verify": lambda a=a, b=b: decode_verify(waldir, a, b)[1],  # type: ignore[misc]
+                "walstream waldump --stats": lambda c=py_cmd: run_timed(c)[1],  # type: ignore[misc]
+            }
+            times: dict[str, list[float]] = {name: [] for name in runs}
+            load = os.getloadavg()[0]
+            for rnd in range(args.rounds):
+                order = list(runs) if rnd % 2 == 0 else list(reversed(runs))
+                for name in order:
+                    times[name].append(runs[name]())
+            load = max(load, os.getloadavg()[0])
+            med = {name: statistics.median(t) for name, t in times.items()}
+            base = med["pg_waldump --stats"]
+            print(
+                f"{label}: {mb:.0f} MB, {n_rec} records ({mb * 1e6 / n_rec:.0f} B/record), "
+                f"{args.rounds} rounds, load average up to {load:.1f}"
+            )
+            for name, t in med.items():
+                runs_text = " ".join(f"{x:.2f}" for x in times[name])
+                print(
+                    f"  {name:26} median {t:6.2f} s  {mb / t:6.0f} MB/s  "
+                    f"{t / n_rec * 1e9:5.0f} ns/record  {base / t:5.2f}x  [{runs_text}]"
+                )
+            sys.stdout.flush()
+    finally:
+        if not args.keep:
+            shutil.rmtree(waldir)
+
+
+if __name__ == "__main__":
+    main()
