@@ -818,8 +818,31 @@ def _needs_password(e: BaseException) -> bool:
     return isinstance(e, AuthenticationError) and "no password supplied" in str(e)
 
 
+def _keep_heap() -> None:
+    """Stop glibc from handing freed heap back to the kernel after every read.
+
+    Each read's WAL messages (128 kB each) are freed once written; with
+    glibc's default thresholds the top of the heap was trimmed and faulted in
+    again on the next read, about 100,000 page faults per GiB streamed
+    (measured). The heap stays bounded by the read-ahead limit either way.
+    """
+    if sys.platform != "linux" or not hasattr(os, "confstr"):
+        return
+    try:
+        if not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"):
+            return
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-1, 64 * 1024 * 1024)  # M_TRIM_THRESHOLD
+        libc.mallopt(-3, 32 * 1024 * 1024)  # M_MMAP_THRESHOLD (setting one fixes both)
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 async def _run_cli(options: ReceiverOptions, *, may_ask: bool = False) -> int | None:
     """The exit code; None when the first connection wants a password we may ask for."""
+    _keep_heap()
     receiver = WalReceiver(options)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -60,6 +60,10 @@ class ClientState(enum.Enum):
     CLOSED = "closed"
 
 
+# States whose input is not (only) framed messages: checked byte by byte.
+_RAW_STATES: Final = frozenset({ClientState.INITIAL, ClientState.ENCRYPTION_REQUESTED})
+
+
 @dataclass(frozen=True, slots=True)
 class EncryptionResponse:
     """The server's one-byte answer to SSLRequest or GSSENCRequest."""
@@ -180,8 +184,20 @@ class ClientConnection:
                 raise ProtocolViolation("data received after the connection was closed")
             return []
         buf = self._buf
-        buf += data
         events: list[ClientEvent] = []
+        if not buf and self.state not in _RAW_STATES:
+            # Nothing buffered: parse straight from the caller's bytes and keep
+            # only an unfinished message. A shell that hands over whole
+            # messages (as the asyncio one does) then never copies here.
+            try:
+                used = self._receive_messages(events, data)
+            except ProtocolViolation:
+                self.state = ClientState.CLOSED
+                raise
+            if used < len(data):
+                buf += memoryview(data)[used:]
+            return events
+        buf += data
         try:
             if self.state is ClientState.ENCRYPTION_REQUESTED:
                 self._receive_encryption_response(events)
@@ -192,7 +208,7 @@ class ClientConnection:
                 # otherwise be prepended to what arrives over TLS, whichever
                 # way the shell happened to split its reads (CVE-2021-23222).
                 raise ProtocolViolation("server sent data before the startup packet")
-            self._receive_messages(events)
+            del buf[: self._receive_messages(events, buf)]
         except ProtocolViolation:
             self.state = ClientState.CLOSED
             buf.clear()
@@ -236,8 +252,10 @@ class ClientConnection:
         self.state = ClientState.INITIAL
         events.append(EncryptionResponse(answer != ord("N")))
 
-    def _receive_messages(self, events: list[ClientEvent]) -> None:
-        buf = self._buf
+    def _receive_messages(
+        self, events: list[ClientEvent], buf: bytes | bytearray | memoryview
+    ) -> int:
+        """Parse every complete message of ``buf``; return how many bytes they took."""
         size = len(buf)
         pos = 0
         limit = self.max_message_size
@@ -281,7 +299,7 @@ class ClientConnection:
                     break
         finally:
             mv.release()
-        del buf[:pos]
+        return pos
 
     def _handle(self, msg: m.BackendMessage) -> ClientEvent:
         state = self.state
