@@ -105,3 +105,59 @@ def test_replay_state_reaches_the_end_of_received_wal(pg_factory, tmp_path: Path
     assert replayed <= end
     assert state.stopped is None or state.stopped.lsn >= lsn
     assert "COMMIT" in state.xacts.values()
+
+
+def test_receiver_replay_stops_at_a_target_where_a_real_standby_does(
+    pg_factory, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """--replay with a target: apply stays at the stop point a paused real standby reports,
+    while WAL keeps being received; with action shutdown the receiver exits 0 by itself."""
+    app = "ws_target"
+    cluster: PgCluster = pg_factory(15, wal_segsize_mb=1)
+    cluster.psql("CREATE TABLE t(x int)")
+    standby = cluster.make_standby(recovery_target_name="'rp'", recovery_target_action="'pause'")
+    # --synchronous: replay covers flushed WAL, and only then is it flushed every batch.
+    base = [sys.executable, "-m", "walstream.receiver", "-d", cluster.conninfo("trust_user"),
+            "--replay", "--synchronous", "--recovery-target-name", "rp"]  # fmt: skip
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    pausing = subprocess.Popen(
+        [*base, "-D", str(tmp_path / "a"), "--application-name", app],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    stopping = subprocess.Popen(
+        [*base, "-D", str(tmp_path / "b"), "--recovery-target-action", "shutdown"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_until(lambda: bool(_row(cluster, app)), what="the receiver to connect")
+        cluster.psql("INSERT INTO t SELECT generate_series(1, 1000)")
+        cluster.psql("SELECT pg_create_restore_point('rp')")
+        cluster.psql("INSERT INTO t SELECT generate_series(1, 5000)")
+        end = LSN.parse(cluster.psql("SELECT pg_current_wal_insert_lsn()"))
+        wait_until(
+            lambda: standby.psql("SELECT pg_get_wal_replay_pause_state()") == "paused",
+            what="the standby to pause at the restore point",
+        )
+        oracle = LSN.parse(standby.psql("SELECT pg_last_wal_replay_lsn()"))
+        wait_until(lambda: LSN.parse(_row(cluster, app)[1] or "0/0") >= end, what="flush")
+        _, flush, replay = _row(cluster, app)
+        assert LSN.parse(replay) == oracle
+        assert LSN.parse(flush) > oracle  # still receiving past the target
+        _, err = stopping.communicate(timeout=60)
+        assert stopping.returncode == 0, err
+        assert 'recovery stopping at restore point "rp"' in err
+    finally:
+        for proc in (pausing, stopping):
+            if proc.poll() is None:
+                proc.terminate()
+                proc.communicate(timeout=30)
+    assert pausing.returncode == 0
+
+
+def test_a_target_without_replay_is_refused(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "walstream.receiver", "-D", str(tmp_path),
+           "--recovery-target-lsn", "0/1000000"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1
+    assert "a recovery target needs --replay" in done.stderr

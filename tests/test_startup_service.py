@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -99,12 +100,13 @@ def _fork(primary: PgCluster) -> Fork:
 
 def _recover(fork: Fork, cluster_name: str, **settings: str) -> str:
     """pg_last_wal_replay_lsn() of a real recovery paused at its target, or its FATAL."""
-    conf = {f"recovery_target_{k}": f"'{v}'" for k, v in settings.items()}
+    conf = {f"recovery_target_{k}".rstrip("_"): f"'{v}'" for k, v in settings.items()}
     conf |= {"restore_command": f"'cp {fork.wal}/%f %p'", "recovery_target_action": "'pause'"}
     c = PgCluster.from_backup(
         fork.primary.version, fork.backup, fork.primary.base, name=cluster_name, conf=conf,
         signal="recovery",
     )  # fmt: skip
+
     def fatal() -> str | None:
         lines = c.log_path.read_text().splitlines()
         return next((ln for ln in lines if "FATAL:" in ln), None)
@@ -264,3 +266,19 @@ def test_follows_a_receiver_writing_the_directory(pg_factory, tmp_path: Path) ->
             service.stop()
         receiver.terminate()
         receiver.communicate(timeout=30)
+
+
+def test_cli_immediate_target_stops_at_the_backup_end_like_a_real_recovery(forked) -> None:  # type: ignore[no-untyped-def]
+    label = (forked.backup / "backup_label").read_text()
+    start = re.search(r"START WAL LOCATION: (\S+)", label)
+    assert start is not None, label
+    oracle = _recover(forked, "rec_immediate", **{"": "immediate"})
+    cmd = [sys.executable, "-m", "walstream.startup", "-D", str(forked.wal), "--json",
+           "--recovery-target", "immediate", "--backup-start", start.group(1),
+           "--recovery-target-action", "shutdown"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["replay_lsn"] == oracle
+    assert summary["state"] == "shut down"
+    assert summary["target_reached"] == "recovery stopping after reaching consistency"

@@ -69,11 +69,25 @@ log = logging.getLogger("walstream.startup")
 
 
 class Replayer:
-    """Runs a :class:`ReplayState` beside a receiver; decoding happens in its own thread."""
+    """Runs a :class:`ReplayState` beside a receiver; decoding happens in its own thread.
 
-    def __init__(self, seg_size: int, on_applied: Callable[[LSN], None]) -> None:
+    With a recovery ``target``, replay stops there and ``on_target`` is
+    called once (on the event loop) with where it stopped; the receiver
+    decides what the action means for it.
+    """
+
+    def __init__(
+        self,
+        seg_size: int,
+        on_applied: Callable[[LSN], None],
+        *,
+        target: RecoveryTarget | None = None,
+        on_target: Callable[[TargetReached], None] | None = None,
+    ) -> None:
         self.seg_size = seg_size
         self.on_applied = on_applied
+        self.target = target
+        self.on_target = on_target
         self.state: ReplayState | None = None
         self._pending: list[tuple[int, bytes]] = []
         self._durable = 0
@@ -84,6 +98,8 @@ class Replayer:
 
     def offer(self, chunks: Iterable[tuple[int, bytes]], durable: int) -> None:
         """New WAL (start, bytes) and how far WAL is now durable; never blocks."""
+        if self.state is not None and self.state.target_reached is not None:
+            return  # replay ended at its target: nothing more is decoded
         self._pending.extend(chunks)
         self._durable = max(self._durable, durable)
         if self._task is None or self._task.done():
@@ -103,13 +119,20 @@ class Replayer:
                 return
             if replayed > before:
                 self.on_applied(replayed)
-            elif not self._pending and durable == self._durable:
+            reached = self.state.target_reached if self.state else None
+            if reached is not None:
+                self._pending.clear()
+                if self.on_target is not None:
+                    self.on_target(reached)
+                return
+            if replayed <= before and not self._pending and durable == self._durable:
                 break  # nothing more can be replayed until more WAL arrives
 
     def _step(self, chunks: list[tuple[int, bytes]], durable: int) -> LSN:
         for lsn, data in chunks:
             if self.state is None:
-                self.state = ReplayState(lsn - lsn % self.seg_size, self.seg_size)
+                start = lsn - lsn % self.seg_size
+                self.state = ReplayState(start, self.seg_size, target=self.target)
             self.state.feed(lsn, data)
         return self.state.advance(durable) if self.state else LSN(0)
 
@@ -122,6 +145,9 @@ class Replayer:
 # -- following a directory ----------------------------------------------------------------------
 
 
+NO_TARGET: Final = RecoveryTarget("unset")
+
+
 @dataclass(frozen=True, slots=True)
 class StartupOptions:
     """What the startup service replays and how far.
@@ -132,13 +158,18 @@ class StartupOptions:
     is a record or segment start (default: the first segment found).
     ``target`` holds PostgreSQL's recovery_target_* settings, including the
     timeline to follow and the action at the target (see
-    :class:`~walstream.wal.recovery.RecoveryTarget`).
+    :class:`~walstream.wal.recovery.RecoveryTarget`). ``backup_start`` is
+    the START WAL LOCATION of the base backup the WAL is replayed onto (its
+    backup_label): recovery is consistent once that backup's end record is
+    replayed, which ``recovery_target = immediate`` stops at and before
+    which no target may stop; without it replay counts as consistent at once.
     """
 
     directory: Path
     follow: bool = False
     start: LSN | None = None
-    target: RecoveryTarget = RecoveryTarget("unset")
+    target: RecoveryTarget = NO_TARGET
+    backup_start: LSN | None = None
     poll_interval: float = 0.2
 
 
@@ -313,7 +344,9 @@ class StartupService:
         else:
             start = LSN(min(n.segno for n in self._names(files) if self._on_history(n)) * seg)
         self._read = LSN(start - start % seg)
-        self.state = ReplayState(start, seg, target=self.options.target)
+        self.state = ReplayState(
+            start, seg, target=self.options.target, backup_start=self.options.backup_start
+        )
         log.info("starting replay at %s on timeline %d (%s)", start, self._target_tli, directory)
 
     def _segment_files(self) -> list[Path]:
@@ -514,6 +547,11 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group(
         "recovery target (PostgreSQL's recovery_target_* settings; at most one target)"
     )
+    g.add_argument(
+        "--recovery-target",
+        metavar="immediate",
+        help="stop as soon as recovery is consistent (the end of the base backup)",
+    )
     g.add_argument("--recovery-target-lsn", metavar="LSN", help="stop at this WAL location")
     g.add_argument("--recovery-target-xid", metavar="XID", help="stop at this transaction's end")
     g.add_argument(
@@ -542,6 +580,7 @@ def add_target_arguments(parser: argparse.ArgumentParser) -> None:
 def target_from_arguments(args: argparse.Namespace) -> RecoveryTarget:
     """The RecoveryTarget the flags name; RecoveryTargetError with PostgreSQL's wording."""
     return RecoveryTarget.from_settings(
+        target=args.recovery_target,
         lsn=args.recovery_target_lsn,
         xid=args.recovery_target_xid,
         time=args.recovery_target_time,
@@ -588,6 +627,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_target_arguments(parser)
     parser.add_argument(
+        "--backup-start",
+        metavar="LSN",
+        help="START WAL LOCATION of the base backup this WAL applies to (its backup_label): "
+        "no target may stop before that backup's end, and --recovery-target immediate stops "
+        "there",
+    )
+    parser.add_argument(
         "--poll-interval", type=float, default=0.2, metavar="SECONDS",
         help="with --follow, how often to look for new WAL (default 0.2)",
     )  # fmt: skip
@@ -630,13 +676,14 @@ def main(argv: list[str] | None = None) -> int:
     prog = "walstream startup"
     try:
         start = LSN.parse(args.start) if args.start else None
+        backup_start = LSN.parse(args.backup_start) if args.backup_start else None
         target = target_from_arguments(args)
     except ValueError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
     options = StartupOptions(
         args.directory, follow=args.follow, start=start, target=target,
-        poll_interval=args.poll_interval,
+        backup_start=backup_start, poll_interval=args.poll_interval,
     )  # fmt: skip
     service = StartupService(options)
 
