@@ -34,9 +34,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Final
 
-from walstream.errors import Error
+from walstream.errors import Error, WalCorruption
 from walstream.lsn import LSN
-from walstream.wal.decoder import InvalidRecord, WalDecoder
+from walstream.wal.decoder import InvalidRecord
 from walstream.wal.directory import read_wal_file
 from walstream.wal.recovery import RecoveryTarget, TargetReached
 from walstream.wal.replay import ReplayState
@@ -89,6 +89,7 @@ class Replayer:
         self.target = target
         self.on_target = on_target
         self.state: ReplayState | None = None
+        self._reported: WalCorruption | None = None
         self._pending: list[tuple[int, bytes]] = []
         self._durable = 0
         self._task: asyncio.Task[None] | None = None
@@ -119,6 +120,11 @@ class Replayer:
                 return
             if replayed > before:
                 self.on_applied(replayed)
+            stopped = self.state.stopped if self.state else None
+            if stopped is not None and stopped is not self._reported:
+                # Received WAL is fed whole: a stop is damage, not a torn tail.
+                log.error("WAL replay stops at %s: %s", stopped.lsn, stopped.reason)
+                self._reported = stopped
             reached = self.state.target_reached if self.state else None
             if reached is not None:
                 self._pending.clear()
@@ -464,7 +470,7 @@ class StartupService:
         if state.stopped is not None:
             if not self.options.follow:
                 return False
-            self._read = _rewind(state)  # the WAL ended for now: retry from the last record
+            self._read = state.rewind()  # the WAL ended for now: retry from the last record
         segno = self._read // seg
         found = self._find(segno)
         if found is None:
@@ -503,17 +509,6 @@ class StartupService:
                 log.warning("%s; treating it as the end of WAL", message)
                 self._warned = stopped.lsn
         return state.replay_lsn > before
-
-
-def _rewind(state: ReplayState) -> LSN:
-    """Restart decoding after the last decoded record; return where to feed from (its page)."""
-    old = state.decoder
-    position = old.position
-    state.decoder = WalDecoder(
-        position, old.seg_size, prev_lsn=old.last_lsn, magic=old.magic, timeline=old.timeline
-    )
-    state.stopped = None
-    return LSN(position - position % 8192)
 
 
 _SEGMENT_NAME: Final = re.compile(r"[0-9A-F]{24}(\.gz|\.lz4|\.zst)?(\.partial)?")

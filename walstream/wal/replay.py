@@ -15,7 +15,7 @@ from typing import Final, cast
 
 from walstream.errors import RecoveryTargetUnreachable, WalCorruption
 from walstream.lsn import LSN
-from walstream.wal.decoder import WalDecoder
+from walstream.wal.decoder import XLOG_BLCKSZ, WalDecoder
 from walstream.wal.recovery import (
     RecoveryTarget,
     TargetReached,
@@ -115,10 +115,7 @@ class ReplayState:
                 # Only XLOG (0) and Transaction (1) payloads change the tracked state.
                 main = rec.main_data if rec.rmid <= 1 else b""
                 self._decoded.append((rec.end_lsn, rec.rmid, rec.info, rec.xid, main, rec[0]))
-            outcome = self.decoder.outcome
-            if outcome is not None:
-                self.stopped = outcome
-                log.error("WAL replay stops at %s: %s", outcome.lsn, outcome.reason)
+            self.stopped = self.decoder.outcome  # the caller says what it means
         version = self.decoder.version
         while self._decoded and self._decoded[0][0] <= durable:
             end, rmid, info, xid, main_data, lsn = self._decoded.popleft()
@@ -147,6 +144,27 @@ class ReplayState:
             self.timeline = payload.timeline
         elif isinstance(payload, EndOfRecovery):
             self.timeline = payload.timeline
+
+    def rewind(self) -> LSN:
+        """Decode again from the end of the last decoded record, after :attr:`stopped`.
+
+        For WAL that was read before it was whole (a file a receiver is still
+        writing): a torn or zero tail stopped decoding, and the bytes there
+        may since have been written. Records already decoded are kept.
+        Returns the page start from which WAL must be fed again.
+        """
+        old = self.decoder
+        position = old.position
+        self.decoder = WalDecoder(
+            position,
+            old.seg_size,
+            timeline=old.timeline,
+            system_identifier=old.system_identifier,
+            prev_lsn=old.last_lsn,
+            magic=old.magic,
+        )
+        self.stopped = None
+        return LSN(position - position % XLOG_BLCKSZ)
 
     # -- recovery targets ---------------------------------------------------
 
@@ -192,10 +210,7 @@ class ReplayState:
                 queue.append((rec.end_lsn, rec.rmid, rec.info, rec.xid, main, rec[0]))
                 if queue[0][0] <= durable and self._replay_queued(durable):
                     return self.replay_lsn
-            outcome = self.decoder.outcome
-            if outcome is not None:
-                self.stopped = outcome
-                log.error("WAL replay stops at %s: %s", outcome.lsn, outcome.reason)
+            self.stopped = self.decoder.outcome  # the caller says what it means
         return self.replay_lsn
 
     def _replay_queued(self, durable: int) -> bool:
