@@ -52,7 +52,7 @@ from pathlib import Path
 from walstream.embedded import PgCluster, find_bindir
 from walstream.lsn import LSN
 from walstream.wal.crc import HAVE_C_CRC32C
-from walstream.wal.decoder import WalDecoder
+from walstream.wal.decoder import RecordStats, WalDecoder
 from walstream.wal.segment import segment_name
 
 SEG = 16 * 1024 * 1024
@@ -91,21 +91,25 @@ def generate(dest: Path, scale: int, target: int) -> tuple[LSN, LSN, LSN]:
 
 
 def decode_verify(waldir: Path, start: LSN, end: LSN) -> tuple[int, float]:
-    """The decoder alone, fed whole segments, as ``waldump --stats`` drives it."""
+    """The decoder alone, fed whole segments up to ``end``, as ``waldump --stats`` drives it."""
     began = time.perf_counter()
     dec = WalDecoder(start - start % 8192, SEG)
-    counts: dict[int, list[int]] = {}
-    n = 0
+    stats = RecordStats()
+    first = False
     pos = start - start % SEG
-    while pos < end:
+    while pos < end and dec.outcome is None:
         with open(waldir / segment_name(1, pos // SEG, SEG), "rb") as f:
             data = f.read(min(SEG, end - pos))
         dec.feed(pos, data)
         pos += len(data)
-        n += dec.scan_stats(counts, start, end)
-        if dec.outcome is not None:
-            break
-    return n, time.perf_counter() - began
+        if not first:
+            for rec in dec.records():  # the records before ``start`` in its page
+                if rec[0] >= start:
+                    stats.add(rec)
+                    first = True
+                    break
+        dec.scan_stats(stats)
+    return stats.total, time.perf_counter() - began
 
 
 def run_timed(cmd: list[str]) -> tuple[str, float]:

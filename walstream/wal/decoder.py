@@ -681,8 +681,11 @@ class WalDecoder:
         self.seg_size = seg_size
         self.timeline = timeline
         self.system_identifier = system_identifier
+        # Positions are kept as plain ints: arithmetic on an int subclass such as
+        # LSN misses the interpreter's fast paths (and LSN.__add__ is Python).
+        start_lsn = int(start_lsn)
         self._next = start_lsn  # where the next record (or page header) is read
-        self._prev = prev_lsn  # start of the previous record; None: random access
+        self._prev = None if prev_lsn is None else int(prev_lsn)  # None: random access
         self._buf = b""
         self._mv = memoryview(self._buf)
         self._buf_lsn = start_lsn  # LSN of _buf[0]
@@ -739,6 +742,7 @@ class WalDecoder:
         Feeds must be contiguous. The first may start before the start LSN
         (the bytes before its page are ignored) but not after it.
         """
+        lsn = int(lsn)
         if self._fed_end is None:
             if lsn > self._next:
                 raise LocalProtocolError(
@@ -795,13 +799,17 @@ class WalDecoder:
         any point (and :meth:`feed` called in between).
         """
         unpack = _RECORD.unpack_from
+        page_head = _PAGE.unpack_from
         crc = crc32c
         tnew = _tuple_new
         parse = _parse_body
+        join = b"".join
         block_new_rel = _BLOCK_NEW_REL.unpack_from
+        seg_mask = self.seg_size - 1
         while self._outcome is None:
-            # Fast path: records lying within a validated page of fed data,
-            # decoded in place. Anything else leaves the inner loop for _step.
+            # Fast path: records in fed data whose pages have a plain header,
+            # decoded in place when they lie within one page. Anything else
+            # leaves the inner loop for _step.
             buf = self._buf
             mv = self._mv
             base = self._buf_lsn
@@ -809,27 +817,76 @@ class WalDecoder:
             pos = self._next
             prev = self._prev
             page_ok = self._page_ok
+            tli = self._latest_tli
+            magic = self._magic
             version = self._version
             v15 = self._v15
             top_ok = self._toplevel_ok
-            while self._asm is None:
+            special = _SPECIAL_15 if v15 else _SPECIAL_14
+            max_len = self._max_len
+            while self._asm is None and prev is not None:
                 off = pos & 8191
                 i = pos - base
-                if off == 0 or off > 8168 or pos - off != page_ok or i + 24 > n:
+                if off == 0:
+                    # A plain page header (see scan_stats) is accepted here.
+                    if i < 0 or i + 24 > n or not pos & seg_mask or self._skip_contrecord:
+                        break
+                    p_magic, p_info, p_tli, p_addr, _ = page_head(buf, i)
+                    if p_magic != magic or p_info | 4 != 4 or p_addr != pos or p_tli != tli:
+                        break
+                    self._page_ok = self._latest_page = page_ok = pos
+                    self._next = pos = pos + 24
+                    continue
+                if off > 8168 or pos - off != page_ok or i + 24 > n:
                     break
                 tot_len, xid, xl_prev, info, rmid, want = unpack(buf, i)
-                if (
-                    off + tot_len > 8192
-                    or i + tot_len > n
-                    or tot_len < 24
-                    or xl_prev != prev
-                    or (rmid > 21 and (rmid < 128 or not v15))
-                    or (rmid == 0 and info & 0xF0 in (XLOG_SWITCH, XLOG_OVERWRITE_CONTRECORD))
-                    or crc(mv[i : i + 20], crc(mv[i + 24 : i + tot_len])) != want
-                ):
+                if tot_len < 24 or xl_prev != prev or special[rmid << 8 | info]:
                     break
-                first = buf[i + 24] if tot_len >= 26 else -1  # (never past the record)
-                if first == XLR_BLOCK_ID_DATA_SHORT and tot_len == 26 + buf[i + 25]:
+                e = i + tot_len
+                if off + tot_len <= 8192:
+                    if e > n or crc(buf[i : i + 20], crc(buf[i + 24 : e])) != want:
+                        break
+                    rbuf = buf
+                    ri = i
+                    end = pos + ((tot_len + 7) & ~7)
+                    page = -1
+                else:
+                    # Continued on plain continuation pages (see scan_stats).
+                    if tot_len > max_len:
+                        break
+                    got = 8192 - off
+                    pieces = [mv[i : i + got]]
+                    page = pos - off + 8192
+                    take = 0
+                    while got < tot_len:
+                        pi = page - base
+                        if pi + 24 > n or not page & seg_mask:
+                            break
+                        p_magic, p_info, p_tli, p_addr, rem = page_head(buf, pi)
+                        if (
+                            p_magic != magic
+                            or p_info | 4 != 5
+                            or p_addr != page
+                            or p_tli != tli
+                            or rem != tot_len - got
+                        ):
+                            break
+                        take = rem if rem < 8168 else 8168
+                        if pi + 24 + take > n:
+                            break
+                        pieces.append(mv[pi + 24 : pi + 24 + take])
+                        got += take
+                        page += 8192
+                    if got < tot_len:
+                        break
+                    rbuf = join(pieces)
+                    if crc(rbuf[:20], crc(memoryview(rbuf)[24:])) != want:
+                        break
+                    ri = 0
+                    page -= 8192
+                    end = page + 24 + ((take + 7) & ~7)
+                first = rbuf[ri + 24] if tot_len >= 26 else -1  # (never past the record)
+                if first == XLR_BLOCK_ID_DATA_SHORT and tot_len == 26 + rbuf[ri + 25]:
                     # Main data only (commits, running-xacts, most non-page records).
                     blocks: tuple[BlockRef, ...] = ()
                     origin = top = fpi = 0
@@ -838,13 +895,13 @@ class WalDecoder:
                 elif (
                     first == 0
                     and tot_len >= 46
-                    and not buf[i + 25] & 0x90
-                    and buf[i + 44] == XLR_BLOCK_ID_DATA_SHORT
+                    and not rbuf[ri + 25] & 0x90
+                    and rbuf[ri + 44] == XLR_BLOCK_ID_DATA_SHORT
                 ):
                     # One block without image on a named relation, then main data:
                     # most heap and index changes. Checked as _parse_body would.
-                    _, flags, dlen, spc, db, rel, blk = block_new_rel(buf, i + 24)
-                    main_len = buf[i + 45]
+                    _, flags, dlen, spc, db, rel, blk = block_new_rel(rbuf, ri + 24)
+                    main_len = rbuf[ri + 45]
                     if tot_len != 46 + dlen + main_len or bool(dlen) != bool(flags & 0x20):
                         break
                     blocks = (
@@ -859,15 +916,16 @@ class WalDecoder:
                 else:
                     try:
                         blocks, origin, top, main_off, main_len, fpi = parse(
-                            buf, i, tot_len, v15, top_ok
+                            rbuf, ri, tot_len, v15, top_ok
                         )
                     except _Bad:
                         break
-                end = pos + ((tot_len + 7) & ~7)
+                if page >= 0:
+                    self._page_ok = self._latest_page = page_ok = page
                 rec: Record = tnew(
                     Record,
                     (pos, end, xl_prev, xid, rmid, info, tot_len, blocks, origin, top, fpi,
-                     main_off, main_len, buf, i, version),
+                     main_off, main_len, rbuf, ri, version),
                 )  # fmt: skip
                 self._prev = prev = pos
                 self._next = pos = end
@@ -1081,18 +1139,15 @@ class WalDecoder:
             return None
         magic, info, tli, pageaddr, _rem_len = _PAGE.unpack_from(buf, i)
         seg_off = page % self.seg_size
-        # Named as in PostgreSQL's messages: by the file's timeline, not the page's.
-        name = self._segment_name(page, self.timeline or self._latest_tli or 1)
-        where = f"in WAL segment {name}, LSN {LSN(page)}, offset {seg_off}"
         if magic != self._magic:
             if self._magic is None and magic in MAGIC_VERSIONS:
                 self._set_magic(magic)
             elif magic == 0 and not any(buf[i : i + SHORT_HEADER]):
-                raise self._stop_end(page, f"invalid magic number 0000 {where}")
+                raise self._stop_end(page, f"invalid magic number 0000 {self._where(page)}")
             else:
-                raise self._stop_bad(page, f"invalid magic number {magic:04X} {where}")
+                raise self._stop_bad(page, f"invalid magic number {magic:04X} {self._where(page)}")
         if info & ~XLP_ALL_FLAGS:
-            raise self._stop_bad(page, f"invalid info bits {info:04X} {where}")
+            raise self._stop_bad(page, f"invalid info bits {info:04X} {self._where(page)}")
         size = SHORT_HEADER
         if info & XLP_LONG_HEADER:
             if not self._available(page, LONG_HEADER):
@@ -1119,22 +1174,27 @@ class WalDecoder:
                     "page header",
                 )
         elif seg_off == 0:
-            raise self._stop_bad(page, f"invalid info bits {info:04X} {where}")
+            raise self._stop_bad(page, f"invalid info bits {info:04X} {self._where(page)}")
         if pageaddr != page:
-            reason = f"unexpected pageaddr {LSN(pageaddr)} {where}"
+            reason = f"unexpected pageaddr {LSN(pageaddr)} {self._where(page)}"
             if pageaddr < page:  # a recycled segment not yet overwritten
                 raise self._stop_end(page, reason)
             raise self._stop_bad(page, reason)
         if page > self._latest_page:
             if tli < self._latest_tli:
-                raise self._stop_bad(
-                    page, f"out-of-sequence timeline ID {tli} (after {self._latest_tli}) {where}"
-                )
+                after = f"(after {self._latest_tli}) {self._where(page)}"
+                raise self._stop_bad(page, f"out-of-sequence timeline ID {tli} {after}")
             if self.timeline is not None and tli > self.timeline:
-                raise self._stop_bad(page, f"unexpected timeline ID {tli} {where}")
+                raise self._stop_bad(page, f"unexpected timeline ID {tli} {self._where(page)}")
         self._latest_page = page
         self._latest_tli = tli
         return size
+
+    def _where(self, page: int) -> str:
+        """The tail of a page header error (only made for errors: it costs)."""
+        # Named as in PostgreSQL's messages: by the file's timeline, not the page's.
+        name = self._segment_name(page, self.timeline or self._latest_tli or 1)
+        return f"in WAL segment {name}, LSN {LSN(page)}, offset {page % self.seg_size}"
 
     def _set_magic(self, magic: int) -> None:
         self._magic = magic
