@@ -282,3 +282,45 @@ def test_cli_immediate_target_stops_at_the_backup_end_like_a_real_recovery(forke
     assert summary["replay_lsn"] == oracle
     assert summary["state"] == "shut down"
     assert summary["target_reached"] == "recovery stopping after reaching consistency"
+
+
+def test_pause_at_the_target_until_resumed(forked) -> None:  # type: ignore[no-untyped-def]
+    """action pause: replay holds at the target; resume() ends recovery (PostgreSQL promotes)."""
+    target = RecoveryTarget.from_settings(name="on_tl2")  # action defaults to pause
+    service = StartupService(StartupOptions(forked.wal, target=target))
+
+    async def run() -> tuple[StartupStatus, StartupStatus]:
+        task = asyncio.create_task(service.run())
+        while service.status().state != "paused":
+            assert not task.done(), task
+            await asyncio.sleep(0.02)
+        paused = service.status()
+        service.resume()
+        return paused, await task
+
+    paused, final = asyncio.run(run())
+    assert paused.target_reached is not None
+    assert paused.replay_lsn == paused.target_reached.end_lsn
+    assert (final.state, final.replay_lsn) == ("promoted", paused.replay_lsn)
+
+
+def test_cli_follow_stops_cleanly_on_sigterm(forked) -> None:  # type: ignore[no-untyped-def]
+    cmd = [sys.executable, "-m", "walstream.startup", "-D", str(forked.wal), "--follow", "--json"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")))  # type: ignore[union-attr]
+    reader.start()
+    try:
+        # Following: it replays all there is, then says it waits for more.
+        def caught_up() -> bool:
+            return any("waiting for more WAL" in ln for ln in lines) or proc.poll() is not None
+
+        wait_until(caught_up, what="replay to catch up")
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=30)
+        reader.join(30)
+    assert proc.returncode == 0, lines
+    summary = json.loads(out)
+    assert summary["replay_lsn"] == str(forked.end2)
+    assert summary["state"] == "waiting"

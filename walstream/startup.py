@@ -235,6 +235,7 @@ class StartupService:
         self._file_tli = 0
         self._read = LSN(0)  # where the next byte fed comes from
         self._warned = LSN(0)  # end of WAL in a completed segment, warned about once
+        self._caught_up = False
         self._status = "replaying"
         self._error: str | None = None
         self._stop = asyncio.Event()
@@ -277,8 +278,10 @@ class StartupService:
                 before = self.state.replay_lsn if self.state else LSN(0)
                 progressed = await loop.run_in_executor(self._thread, self._step)
                 assert self.state is not None
-                if self.state.replay_lsn > before and self.on_replayed is not None:
-                    self.on_replayed(self.state.replay_lsn)
+                if self.state.replay_lsn > before:
+                    self._status = "replaying"
+                    if self.on_replayed is not None:
+                        self.on_replayed(self.state.replay_lsn)
                 if self.state.target_reached is not None:
                     await self._at_target()
                     break
@@ -287,11 +290,15 @@ class StartupService:
                 if not self.options.follow:
                     self._end_of_wal()
                     break
+                if self._status != "waiting":
+                    # Said once at INFO (caught up); later idle spells at DEBUG.
+                    level = logging.DEBUG if self._caught_up else logging.INFO
+                    log.log(level, "replayed up to %s; waiting for more WAL", self.state.replay_lsn)
+                    self._caught_up = True
                 self._status = "waiting"
                 if await loop.run_in_executor(self._thread, self._rescan_timeline):
                     continue
                 await self._wait(self.options.poll_interval)
-                self._status = "replaying"
         except Error as e:
             self._status = "failed"
             self._error = str(e)
