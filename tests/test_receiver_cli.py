@@ -316,11 +316,6 @@ def test_no_password_flag_never_prompts(pw_server: PgCluster, tmp_path: Path) ->
         assert not list(directory.iterdir())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="walstream.connection raises the client's own authentication errors without "
-    "libpq's 'connection to server at \"...\", port N failed: ' prefix",
-)
 def test_no_password_message_names_the_server(pw_server: PgCluster, tmp_path: Path) -> None:
     refused = _both_in_pty(pw_server, tmp_path, ["-w"], None)
     texts = {key: text.replace(PROG[key], "PROG") for key, (_, text, _) in refused.items()}

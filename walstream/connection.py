@@ -713,7 +713,13 @@ async def _startup(
                 | m.AuthenticationSASLFinal
                 | m.AuthenticationUnsupported,
             ):
-                reply = auth.respond(ev)
+                try:
+                    reply = auth.respond(ev)
+                except AuthenticationError as e:
+                    # libpq names the server in front of its own errors too.
+                    raise AuthenticationError(
+                        f"{_describe(attempt.host, attempt.address)}: {e}"
+                    ) from None
                 if reply is not None:
                     wire.send(machine.authentication_response(reply))
             elif isinstance(ev, m.ErrorResponse):
