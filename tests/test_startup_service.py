@@ -324,3 +324,18 @@ def test_cli_follow_stops_cleanly_on_sigterm(forked) -> None:  # type: ignore[no
     summary = json.loads(out)
     assert summary["replay_lsn"] == str(forked.end2)
     assert summary["state"] == "waiting"
+
+
+def test_replays_compressed_segments(forked, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A -Z gzip directory replays like the plain one (its last file still a .gz.partial)."""
+    import gzip
+
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    files = sorted(p for p in forked.wal.iterdir() if not p.name.endswith(".history"))
+    for path in files:
+        suffix = ".gz.partial" if path == files[-1] else ".gz"
+        (packed / (path.name + suffix)).write_bytes(gzip.compress(path.read_bytes(), 1))
+    shutil.copy(forked.wal / "00000002.history", packed)
+    status = _replay(packed)
+    assert (status.replay_lsn, status.timeline) == (forked.end2, 2)
