@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from walstream.errors import Error, WalCorruption
 from walstream.lsn import LSN
+from walstream.wal.crc import crc32c
 from walstream.wal.decoder import (
     NEED_DATA,
     EndOfWal,
@@ -804,3 +805,33 @@ def test_body_checks_match_parse_body(
         except _Bad:
             fpi = -1
         assert _body_fpi(body, 0, len(body), v15, True) == fpi
+
+
+def test_scan_stats_shape_checks_with_valid_crc(sample: Sample) -> None:
+    """Block headers made inconsistent but with a correct CRC: only the shape checks see it."""
+    start, whole = _window(sample)
+    records, _ = _decode_bytes(start, whole)
+
+    def in_page(r: Record) -> bool:
+        return r.lsn % 8192 + r.tot_len <= 8192
+
+    one_block = next(
+        r
+        for r in records
+        if in_page(r) and len(r.blocks) == 1 and r.blocks[0].id == 0 and not r.blocks[0].has_image
+        and not r.blocks[0].flags & 0x80 and r.main_len and r.tot_len == 46 + r.blocks[0].data_len
+        + r.main_len
+    )  # fmt: skip
+    main_only = next(r for r in records if in_page(r) and not r.blocks and 0 < r.main_len < 256)
+    cases = [(one_block, 25, v) for v in range(256)]  # fork_flags
+    cases += [(one_block, at, v) for at in (24, 26, 27, 44, 45) for v in (0, 1, 2, 252, 253, 255)]
+    cases += [(main_only, at, v) for at in (24, 25) for v in (0, 1, 2, 3, 252, 253, 254, 255)]
+    for rec, at, value in cases:
+        off = rec.lsn - start
+        data = whole[: off + 16384 - off % 8192]  # (decoding the window 330 times is slow)
+        bad = bytearray(data)
+        bad[off + at] = value
+        body = bytes(bad[off : off + rec.tot_len])
+        fixed = crc32c(body[:20], crc32c(body[24:]))
+        bad[off + 20 : off + 24] = fixed.to_bytes(4, "little")
+        _scan_both(start, bytes(bad), [0, len(bad)])

@@ -151,6 +151,12 @@ def _special_keys(v15: bool) -> bytes:
     return bytes(table)
 
 
+# Per fork_flags of a lone block header: 1 if it must carry data, 0 if it must
+# not, 2 if it has an image or refers to the previous relation (not the shape).
+_ONE_BLOCK: Final = bytes(
+    2 if f & (BKPBLOCK_HAS_IMAGE | BKPBLOCK_SAME_REL) else int(bool(f & BKPBLOCK_HAS_DATA))
+    for f in range(256)
+)
 _SPECIAL_15: Final = _special_keys(True)
 _SPECIAL_14: Final = _special_keys(False)
 
@@ -966,6 +972,7 @@ class WalDecoder:
         page_head = _PAGE.unpack_from
         crc = crc32c
         body_fpi = _body_fpi
+        one_block = _ONE_BLOCK
         join = b"".join
         seg_mask = self.seg_size - 1
         while self._outcome is None:
@@ -1021,18 +1028,16 @@ class WalDecoder:
                             break
                         if crc(buf[i : i + 20], crc(buf[i + 24 : e])) != want:
                             break
-                        if b0 == 255:  # XLR_BLOCK_ID_DATA_SHORT
-                            # Main data only (commits, most non-page records).
-                            if tot_len != 26 + flags:
-                                break
-                        elif not (
+                        if not (
                             # One block without image on a named relation, then
                             # main data: most heap and index changes.
                             b0 == 0
-                            and not flags & 0x90
                             and b44 == 255
                             and tot_len == 46 + dlen + b45
-                            and (dlen == 0) == (flags & 0x20 == 0)  # BKPBLOCK_HAS_DATA
+                            and one_block[flags] == (dlen != 0)
+                        ) and not (
+                            # Main data only (commits, most non-page records).
+                            b0 == 255 and tot_len == 26 + flags
                         ):
                             fpi = body_fpi(buf, i, tot_len, v15, top_ok)
                             if fpi < 0:
