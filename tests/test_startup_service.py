@@ -219,27 +219,26 @@ def test_follows_a_receiver_writing_the_directory(pg_factory, tmp_path: Path) ->
     cluster.psql("CREATE TABLE t(x int)")
     wal = tmp_path / "wal"
     wal.mkdir()
+    # Started on the empty directory: it must wait for the first segment, and
+    # for that segment's first page (the receiver pre-pads it with zeros).
+    service = StartupService(StartupOptions(wal, follow=True, poll_interval=0.05))
+    result: list[object] = []
+    loop = asyncio.new_event_loop()
+
+    def run() -> None:
+        try:
+            result.append(loop.run_until_complete(service.run()))
+        except Exception as e:  # reported by the assertions below
+            result.append(e)
+
+    thread = threading.Thread(target=run)
+    thread.start()
     receiver = subprocess.Popen(
         [sys.executable, "-m", "walstream.receiver", "-d", cluster.conninfo("trust_user"),
          "-D", str(wal), "--synchronous", "-s", "1"],
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    service: StartupService | None = None
-    result: list[object] = []
     try:
-        wait_until(lambda: any(wal.iterdir()), what="the receiver's first segment")
-        service = StartupService(StartupOptions(wal, follow=True, poll_interval=0.05))
-        loop = asyncio.new_event_loop()
-
-        def run() -> None:
-            assert service is not None
-            try:
-                result.append(loop.run_until_complete(service.run()))
-            except Exception as e:  # reported by the assertions below
-                result.append(e)
-
-        thread = threading.Thread(target=run)
-        thread.start()
         for i in range(6):
             cluster.psql(f"INSERT INTO t SELECT generate_series(1, {4000 * (i + 1)})")
             if i % 2:
@@ -248,7 +247,7 @@ def test_follows_a_receiver_writing_the_directory(pg_factory, tmp_path: Path) ->
         cluster.psql("INSERT INTO t VALUES (-1)")
         last = LSN.parse(cluster.psql("SELECT pg_current_wal_insert_lsn()"))
         try:
-            wait_until(lambda: service is not None and service.status().replay_lsn >= last,
+            wait_until(lambda: service.status().replay_lsn >= last,
                        what=f"replay to reach {last}")  # fmt: skip
         except TimeoutError as e:
             listing = sorted((p.name, p.stat().st_size) for p in wal.iterdir())
@@ -262,8 +261,9 @@ def test_follows_a_receiver_writing_the_directory(pg_factory, tmp_path: Path) ->
         assert not thread.is_alive()
         assert isinstance(result[0], StartupStatus), result
     finally:
-        if service is not None and not result:
-            service.stop()
+        if thread.is_alive():
+            loop.call_soon_threadsafe(service.stop)
+            thread.join(30)
         receiver.terminate()
         receiver.communicate(timeout=30)
 

@@ -273,7 +273,10 @@ class StartupService:
         """Replay until the end of WAL (or forever with ``follow``), the target, or stop()."""
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._thread, self._setup)
+            while not await loop.run_in_executor(self._thread, self._setup):
+                await self._wait(self.options.poll_interval)
+                if self._stop.is_set():
+                    return self.status()
             while not self._stop.is_set():
                 before = self.state.replay_lsn if self.state else LSN(0)
                 progressed = await loop.run_in_executor(self._thread, self._step)
@@ -342,14 +345,20 @@ class StartupService:
 
     # -- in the worker thread ---------------------------------------------------------------
 
-    def _setup(self) -> None:
+    def _setup(self) -> bool:
+        """Find the WAL to replay; False (while following) when there is none yet."""
         directory = self.options.directory
         if not directory.is_dir():
             raise StartupError(f'could not open directory "{directory}": No such directory')
         files = self._segment_files()
-        if not files:
-            raise StartupError(f'no WAL segment files in "{directory}"')
-        self.seg_size = _segment_size(files[0])
+        # The first segment with a written page header gives the segment size:
+        # a receiver's newest .partial may still be all zeros.
+        seg_size = next((size for path in files if (size := _segment_size(path))), None)
+        if seg_size is None:
+            if self.options.follow:
+                return False
+            raise StartupError(f'no WAL in "{directory}"')
+        self.seg_size = seg_size
         self._choose_timeline(files)
         seg = self.seg_size
         if self.options.start is not None:
@@ -361,6 +370,7 @@ class StartupService:
             start, seg, target=self.options.target, backup_start=self.options.backup_start
         )
         log.info("starting replay at %s on timeline %d (%s)", start, self._target_tli, directory)
+        return True
 
     def _segment_files(self) -> list[Path]:
         return sorted(
@@ -532,11 +542,17 @@ def _read_file(path: Path, offset: int = 0, size: int = -1) -> bytes:
         return f.read(size)
 
 
-def _segment_size(path: Path) -> int:
-    """The segment size from the long page header (xlp_seg_size), as pg_waldump finds it."""
-    head = _read_file(path, 0, 40)
-    if len(head) < 40:
-        raise StartupError(f'WAL file "{path}" is too short to have a page header')
+def _segment_size(path: Path) -> int | None:
+    """The segment size from the long page header (xlp_seg_size), as pg_waldump finds it.
+
+    None for a file with no page header yet (empty, or zeros ahead of the data).
+    """
+    try:
+        head = _read_file(path, 0, 40)
+    except OSError as e:
+        raise StartupError(f'could not read "{path}": {e.strerror}') from None
+    if len(head) < 40 or not any(head):
+        return None
     (seg_size,) = struct.unpack_from("<I", head, 32)
     try:
         return check_seg_size(seg_size)
