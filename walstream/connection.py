@@ -110,6 +110,8 @@ class _Wire(asyncio.BufferedProtocol):
         self.failure: BaseException | None = None
         self.closed = False
         self._waiter: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._interrupted = False
         self._paused = False
         self._rbuf = bytearray(_READ_SIZE)
         self._rview = memoryview(self._rbuf)
@@ -120,6 +122,8 @@ class _Wire(asyncio.BufferedProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        # Kept: asyncio.get_running_loop() costs a getpid() system call each time.
+        self._loop = asyncio.get_running_loop()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         if len(self._rbuf) - self._end < _MIN_ROOM:
@@ -217,17 +221,27 @@ class _Wire(asyncio.BufferedProtocol):
             self._paused = False
             self.transport.resume_reading()
 
-    async def _wait(self) -> None:
+    def interrupt(self) -> None:
+        """Make a pending (or the next) :meth:`next_batch` return early, with no events."""
+        self._interrupted = True
+        self._wake()
+
+    async def _wait(self, *, interruptible: bool = False) -> bool:
+        """Wait for an event; False if :meth:`interrupt` came first."""
         while not self.events:
             if self.failure is not None:
                 raise self.failure
             if self.closed:
                 raise ConnectError("server closed the connection unexpectedly")
-            self._waiter = asyncio.get_running_loop().create_future()
+            if interruptible and self._interrupted:
+                self._interrupted = False
+                return False
+            self._waiter = (self._loop or asyncio.get_running_loop()).create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
+        return True
 
     async def next_event(self) -> ClientEvent:
         await self._wait()
@@ -236,8 +250,12 @@ class _Wire(asyncio.BufferedProtocol):
         return ev
 
     async def next_batch(self) -> list[ClientEvent]:
-        """Every queued event at once (at least one): one wake-up per read, not per message."""
-        await self._wait()
+        """Every queued event at once: one wake-up per read, not per message.
+
+        At least one event, unless :meth:`interrupt` was called.
+        """
+        if not await self._wait(interruptible=True):
+            return []
         batch = list(self.events)
         self.events.clear()
         self._resume_if_drained()
@@ -489,7 +507,9 @@ class ReplicationStream:
         """Every streaming event available now (waits for at least one).
 
         Returns an empty list once the server has ended the stream, and
-        raises the server's error if it ended the stream with one.
+        raises the server's error if it ended the stream with one. Also
+        returns an empty list, with :attr:`server_ended` still False, after
+        :meth:`interrupt`.
         """
         wire = self.conn._wire
         while True:
@@ -498,6 +518,8 @@ class ReplicationStream:
                     await self._finish()
                 return []
             batch = await wire.next_batch()
+            if not batch:
+                return []  # interrupted
             out: list[StreamEvent] = []
             for i, ev in enumerate(batch):
                 if isinstance(ev, XLogData | PrimaryKeepalive):
@@ -514,6 +536,15 @@ class ReplicationStream:
                     break
             if out:
                 return out
+
+    def interrupt(self) -> None:
+        """Make a pending :meth:`read` return an empty list now; the stream goes on.
+
+        Lets a consumer await :meth:`read` directly (no task and no
+        ``asyncio.wait`` per read, which cost event-loop turns on every
+        synchronous commit) and still stop promptly.
+        """
+        self.conn._wire.interrupt()
 
     def __aiter__(self) -> AsyncIterator[StreamEvent]:
         return self._iterate()
