@@ -318,9 +318,13 @@ class StartupService:
         assert self.state is not None
         assert self.state.target_reached is not None
         action = self.options.target.action
+        log.info("%s", self.state.target_reached.message)
         if action == "pause":
             self._status = "paused"
-            log.info("recovery has paused (resume() ends recovery; stop() leaves it paused)")
+            log.info(
+                "recovery has paused at the target (SIGINT/SIGTERM, or stop(), ends the "
+                "process paused; the library's resume() ends recovery)"
+            )
             stop = asyncio.ensure_future(self._stop.wait())
             resume = asyncio.ensure_future(self._resume.wait())
             await asyncio.wait([stop, resume], return_when=asyncio.FIRST_COMPLETED)

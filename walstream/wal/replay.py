@@ -8,7 +8,6 @@ in-process replay and the tests drive the same code.
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict, deque
 from datetime import datetime
 from typing import Final, cast
@@ -33,8 +32,6 @@ from walstream.wal.rmgr import (
 )
 
 __all__ = ["RecoveryTarget", "ReplayState", "TargetReached"]
-
-log = logging.getLogger("walstream.startup")
 
 _RECENT_XACTS: Final = 10_000
 XLOG_BACKUP_END: Final = 0x50
@@ -307,6 +304,5 @@ class ReplayState:
             commit=xact.kind in ("COMMIT", "COMMIT_PREPARED") if xact is not None else None,
             consistent=self.consistent,
         )
-        self.target_reached = reached
-        log.info("%s", reached.message)
+        self.target_reached = reached  # the caller logs reached.message, as it sees fit
         return True
