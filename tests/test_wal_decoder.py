@@ -835,3 +835,92 @@ def test_scan_stats_shape_checks_with_valid_crc(sample: Sample) -> None:
         fixed = crc32c(body[:20], crc32c(body[24:]))
         bad[off + 20 : off + 24] = fixed.to_bytes(4, "little")
         _scan_both(start, bytes(bad), [0, len(bad)])
+
+
+# ---------------------------------------------------------------------------
+# waldump --stats in parallel parts against the serial scan
+# ---------------------------------------------------------------------------
+
+
+def _stats_both(monkeypatch: pytest.MonkeyPatch, *args: str) -> list[bool]:
+    """Serial and parallel --stats give the same output; returns the join decisions made."""
+    import walstream.waldump as waldump
+
+    joins: list[bool] = []
+    decide = waldump._joins
+
+    def recording(*a: object) -> bool:
+        joins.append(decide(*a))  # type: ignore[arg-type]
+        return joins[-1]
+
+    monkeypatch.setattr(waldump, "_joins", recording)
+    monkeypatch.setenv("WALSTREAM_WALDUMP_JOBS", "1")
+    serial = run_ours(*args)
+    for jobs in ("3", "8"):
+        monkeypatch.setenv("WALSTREAM_WALDUMP_JOBS", jobs)
+        assert run_ours(*args) == serial, jobs
+    return joins
+
+
+@pytest.mark.parametrize("mode", ["--stats", "--stats=record"])
+def test_parallel_stats_are_the_serial_stats(
+    sample: Sample, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    waldir = str(sample.wal.waldir)
+    joins = _stats_both(monkeypatch, mode, "-p", waldir, "-s", str(sample.t1_start))
+    assert joins.count(True) >= 8  # (2 + 7 parts joined)
+    _stats_both(monkeypatch, mode, "-p", waldir, "-t", "2", "-s", str(sample.t2_start))
+    end = sample.t1_start + 9 * SEG_SIZE + 4321
+    _stats_both(monkeypatch, mode, "-p", waldir, "-s", str(sample.t1_start), "-e", str(end))
+
+
+def _damaged_copy(sample: Sample, directory: Path, segments: int, at: int, value: int) -> None:
+    for i in range(segments):
+        name = seg_name(1, sample.t1_start + i * SEG_SIZE)
+        data = bytearray((sample.wal.waldir / name).read_bytes())
+        if at // SEG_SIZE == i:
+            data[at % SEG_SIZE] ^= value or 0x5A
+        (directory / name).write_bytes(bytes(data))
+
+
+def test_parallel_stats_with_damage_at_part_boundaries(
+    sample: Sample, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Damage where the parts meet: the join must refuse it and read on serially."""
+    segments = 8
+    joins = []
+    for seg in range(1, segments):
+        boundary = sample.t1_start + seg * SEG_SIZE
+        first = next(r.lsn for r in sample.t1.records if r.lsn >= boundary) - sample.t1_start
+        offsets = [seg * SEG_SIZE + off for off in (0, 5, 17, 30, 8192 + 17)]
+        offsets += [first + 4, first + 9, first + 16]  # the first record a part reads
+        for at in offsets:
+            directory = tmp_path / f"{at}"
+            directory.mkdir()
+            _damaged_copy(sample, directory, segments, at, 0x21)
+            joins += _stats_both(
+                monkeypatch, "--stats", "-p", str(directory), "-s", str(sample.t1_start)
+            )
+            shutil.rmtree(directory)
+    assert True in joins
+    assert False in joins  # (so the serial fallback ran too)
+
+
+@settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    at=st.integers(min_value=0, max_value=8 * SEG_SIZE - 1),
+    value=st.integers(min_value=0, max_value=255),
+)
+def test_parallel_stats_with_damage_anywhere(
+    sample: Sample,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    at: int,
+    value: int,
+) -> None:
+    directory = tmp_path_factory.mktemp("damaged")
+    _damaged_copy(sample, directory, 8, at, value)
+    _stats_both(monkeypatch, "--stats", "-p", str(directory), "-s", str(sample.t1_start))
+    shutil.rmtree(directory)

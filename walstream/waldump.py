@@ -731,29 +731,262 @@ def _run(cfg: _Config, out: TextIO) -> int:
     else:
         return _finish(cfg, decoder, stats, first, out)
     if scan and stats is not None:
-        decoder.scan_stats(stats.counts)
-        for _ in feeds:
-            decoder.scan_stats(stats.counts)
-        stats.end = decoder.position
-        return _finish(cfg, decoder, stats, first, out)
+        end = _scan_rest(cfg, decoder, feeds, stats)
+        stats.end = end.position
+        return _finish(cfg, decoder, stats, first, out, end)
     if stats is not None:
         stats.display(out, cfg.stats == "record", decoder.version)
     return 0
 
 
 def _finish(
-    cfg: _Config, decoder: WalDecoder, stats: _Stats | None, first: int | None, out: TextIO
+    cfg: _Config,
+    decoder: WalDecoder,
+    stats: _Stats | None,
+    first: int | None,
+    out: TextIO,
+    end: _PartEnd | None = None,
 ) -> int:
     """Decoding stopped: print the statistics, and the reason if it was an error."""
-    outcome = decoder.outcome
+    if end is None:
+        end = _PartEnd.of(decoder)
+    if end.fatal is not None:
+        raise _Fatal(end.fatal)
+    outcome = end.outcome
     if first is None:
-        reason = f": {outcome.reason}" if outcome is not None else ""
+        reason = f": {outcome[1]}" if outcome is not None else ""
         raise _Fatal(f"could not find a valid record after {cfg.start}{reason}")
     if stats is not None:
         stats.display(out, cfg.stats == "record", decoder.version)
     if outcome is not None:
-        raise _Fatal(f"error in WAL record at {decoder.last_lsn or LSN(0)}: {outcome.reason}")
+        raise _Fatal(f"error in WAL record at {LSN(end.last_lsn or 0)}: {outcome[1]}")
     return 0
+
+
+# ---------------------------------------------------------------------------
+# Statistics of long WAL ranges in parallel
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class _PartEnd:
+    """Where the scan of a part of the WAL ended, and what the next part must agree with."""
+
+    position: int
+    last_lsn: int | None
+    timeline: int  # of the last page header validated
+    magic: int | None
+    mid_record: bool
+    outcome: tuple[int, str] | None  # (lsn, reason) once decoding stopped
+    fatal: str | None = None  # a _Fatal raised while feeding (a missing file)
+
+    @classmethod
+    def of(cls, decoder: WalDecoder, fatal: str | None = None) -> _PartEnd:
+        outcome = decoder.outcome
+        return cls(
+            position=decoder.position,
+            last_lsn=decoder.last_lsn,
+            timeline=decoder.latest_timeline,
+            magic=decoder.magic,
+            mid_record=decoder.mid_record,
+            outcome=None if outcome is None else (outcome.lsn, outcome.reason),
+            fatal=fatal,
+        )
+
+
+@dataclass
+class _Part:
+    """A child's scan of the WAL from a segment boundary (random access)."""
+
+    acc: list[int]
+    fpi: list[int]
+    first: tuple[int, int, int] | None  # first record's (lsn, xl_prev, page timeline)
+    end: _PartEnd
+
+
+def _parts(cfg: _Config, start: int) -> list[int]:
+    """Segment boundaries that split a --stats scan from ``start`` among the CPUs (or none).
+
+    Every part is scanned by its own process; each decodes its records from
+    its segment start on as pg_waldump would from there, and the parts are
+    joined only where the first record of a part is exactly the record the
+    part before ended at (same position, xl_prev pointing at its last
+    record, same page magic, no timeline going back). Anything else, and any
+    part failing to report, falls back to the serial scan.
+    """
+    import threading
+
+    fork = getattr(os, "fork", None)
+    if fork is None or os.environ.get("WALSTREAM_WALDUMP_JOBS") == "1":
+        return []
+    if threading.active_count() > 1:
+        return []  # (forking a threaded process is not safe)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    jobs = min(2 * cpus, 8)  # (more parts than CPUs: the parts differ in work)
+    if os.environ.get("WALSTREAM_WALDUMP_JOBS", "").isdigit():
+        jobs = int(os.environ["WALSTREAM_WALDUMP_JOBS"])
+    seg = cfg.seg_size
+    first = start // seg
+    if cfg.end is not None:
+        last = (cfg.end - 1) // seg
+    else:  # up to the last file of an unbroken run (a stat per segment)
+        last = first
+        while True:
+            name = segment_name(cfg.timeline, last + 1, seg)
+            if not ((cfg.waldir / name).is_file() or (cfg.waldir / (name + ".partial")).is_file()):
+                break
+            last += 1
+    segments = last - first + 1
+    if jobs < 2 or segments < 2 * jobs:
+        return []
+    return [(first + segments * k // jobs) * seg for k in range(1, jobs)]
+
+
+def _scan_part(cfg: _Config, start: int, stop: int | None) -> _Part:
+    """Scan [start, stop) from the segment boundary ``start`` (in a child process)."""
+    decoder = WalDecoder(start, cfg.seg_size)
+    feeds = _feeds(_replace_start(cfg, start), decoder)
+    stats = RecordStats()
+    first: tuple[int, int, int] | None = None
+    fatal = None
+    try:
+        for _ in feeds:
+            found = False
+            for rec in decoder.records():
+                found = True
+                if stop is None or rec[0] < stop:  # (else a record spans the whole part)
+                    stats.add(rec)
+                    page = rec[0] - rec[0] % 8192
+                    first = (rec[0], rec[2], _page_timeline(cfg, page))
+                break
+            if found or decoder.outcome is not None:
+                break
+        if first is not None:
+            decoder.scan_stats(stats, stop)
+            for _ in feeds:
+                if stop is not None and decoder.position >= stop and not decoder.mid_record:
+                    break
+                decoder.scan_stats(stats, stop)
+    except _Fatal as e:
+        fatal = str(e)
+    return _Part(stats.acc, stats.fpi, first, _PartEnd.of(decoder, fatal))
+
+
+def _replace_start(cfg: _Config, start: int) -> _Config:
+    from dataclasses import replace
+
+    return replace(cfg, start=LSN(start))
+
+
+def _page_timeline(cfg: _Config, page: int) -> int:
+    """xlp_tli of the page at ``page`` (its file was just read: it exists)."""
+    name = segment_name(cfg.timeline, page // cfg.seg_size, cfg.seg_size)
+    path = cfg.waldir / name
+    if not path.is_file():
+        path = cfg.waldir / (name + ".partial")
+    with open(path, "rb") as f:
+        f.seek(page % cfg.seg_size + 4)
+        return int.from_bytes(f.read(4), "little")
+
+
+def _fork_part(cfg: _Config, start: int, stop: int | None) -> tuple[int, int]:
+    """Start a child scanning a part; return (pid, read end of the pipe it answers on)."""
+    import pickle
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child (coverage does not follow forks)
+        code = 0
+        try:
+            os.close(r)
+            data = pickle.dumps(_scan_part(cfg, start, stop))
+            with os.fdopen(w, "wb") as f:
+                f.write(data)
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    return pid, r
+
+
+def _collect(pid: int, r: int) -> _Part | None:
+    import pickle
+
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    _, status = os.waitpid(pid, 0)
+    if status != 0 or not data:
+        return None
+    part = pickle.loads(data)
+    return part if isinstance(part, _Part) else None
+
+
+def _joins(end: _PartEnd, stop: int, part: _Part | None) -> bool:
+    """Whether ``part`` continues exactly where the serial scan, ended at ``end``, would go on."""
+    if part is None or part.first is None or end.last_lsn is None:
+        return False
+    lsn, xl_prev, page_tli = part.first
+    return (
+        end.outcome is None
+        and end.fatal is None
+        and not end.mid_record
+        and end.position >= stop
+        and lsn == end.position
+        and xl_prev == end.last_lsn
+        and part.end.magic == end.magic
+        and page_tli >= end.timeline
+    )
+
+
+def _scan_rest(cfg: _Config, decoder: WalDecoder, feeds: Iterator[None], stats: _Stats) -> _PartEnd:
+    """Count the remaining records into ``stats``: in parallel parts when worth it."""
+    counts = stats.counts
+    bounds = _parts(cfg, decoder.position)
+    stops: list[int | None] = [*bounds[1:], None] if bounds else []
+    children = [_fork_part(cfg, a, b) for a, b in zip(bounds, stops, strict=True)]
+    stop = bounds[0] if bounds else None
+    try:
+        decoder.scan_stats(counts, stop)
+        for _ in feeds:
+            if stop is not None and decoder.position >= stop and not decoder.mid_record:
+                break
+            decoder.scan_stats(counts, stop)
+    except _Fatal as e:
+        for pid, r in children:
+            _collect(pid, r)
+        return _PartEnd.of(decoder, str(e))
+    end = _PartEnd.of(decoder)
+    parts = [_collect(pid, r) for pid, r in children]
+    if not parts:
+        return end
+    # Join the parts while each continues the one before; the first that
+    # does not (or the end of the WAL) ends the joined scan.
+    joined: list[_Part] = []
+    serial_end = end
+    for stop_k, part in zip(bounds, parts, strict=True):
+        if serial_end.outcome is not None or serial_end.fatal is not None:
+            break  # decoding ended before this part: nothing after counts
+        if not _joins(serial_end, stop_k, part):
+            # Not provably the same as reading on: read on, serially.
+            assert stop is not None
+            try:
+                decoder.scan_stats(counts)
+                for _ in feeds:
+                    decoder.scan_stats(counts)
+            except _Fatal as e:
+                return _PartEnd.of(decoder, str(e))
+            return _PartEnd.of(decoder)
+        assert part is not None
+        joined.append(part)
+        serial_end = part.end
+    for part in joined:
+        counts.acc = [a + b for a, b in zip(counts.acc, part.acc, strict=True)]
+        counts.fpi = [a + b for a, b in zip(counts.fpi, part.fpi, strict=True)]
+    return serial_end
 
 
 def main(argv: list[str] | None = None) -> int:

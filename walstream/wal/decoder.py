@@ -736,6 +736,16 @@ class WalDecoder:
         return None if self._fed_end is None else LSN(self._fed_end)
 
     @property
+    def latest_timeline(self) -> int:
+        """The timeline of the last page header validated (0 before the first)."""
+        return self._latest_tli
+
+    @property
+    def mid_record(self) -> bool:
+        """Whether a record is being reassembled or was just abandoned (see OVERWRITE)."""
+        return self._asm is not None or self._overwritten is not None
+
+    @property
     def outcome(self) -> EndOfWal | InvalidRecord | None:
         """Why decoding stopped for good, once it has."""
         return self._outcome
@@ -948,7 +958,7 @@ class WalDecoder:
                 return
             yield general
 
-    def scan_stats(self, stats: RecordStats) -> None:
+    def scan_stats(self, stats: RecordStats, stop: int | None = None) -> None:
         """Decode and verify records as :meth:`records` does, counting them into ``stats``.
 
         For ``waldump --stats`` and other whole-WAL scans that need only each
@@ -965,7 +975,15 @@ class WalDecoder:
         outcome :meth:`records` would give. Afterwards :attr:`outcome`,
         :attr:`position` and :attr:`last_lsn` are what iterating
         :meth:`records` would have left.
+
+        ``stop``, a segment boundary, ends the scan before the first record
+        that starts at or after it (the record crossing it is counted): a
+        scan of the WAL in parts, each part verified from its segment start
+        on and its first record checked against the end of the part before
+        (see ``walstream waldump``), counts each record exactly once.
         """
+        if stop is not None and stop % self.seg_size:
+            raise ValueError(f"stop {LSN(stop)} is not a segment boundary")
         acc, fpis = stats.acc, stats.fpi
         head = _STATS_HEAD.unpack_from
         head46 = _STATS_HEAD46.unpack_from
@@ -976,6 +994,8 @@ class WalDecoder:
         join = b"".join
         seg_mask = self.seg_size - 1
         while self._outcome is None:
+            if stop is not None and self._next >= stop and self._asm is None:
+                break
             buf = self._buf
             mv = self._mv
             base = self._buf_lsn
@@ -1114,6 +1134,9 @@ class WalDecoder:
                 self._page_ok = page_ok
                 self._latest_page = latest_page
             # The general path: page headers, split headers, errors, need data.
+            # (The fast path never passes a segment start: nor the stop.)
+            if stop is not None and self._next >= stop and self._asm is None:
+                break
             try:
                 general = self._step()
             except _Stop as stop:
