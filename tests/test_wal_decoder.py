@@ -868,7 +868,7 @@ def test_parallel_stats_are_the_serial_stats(
 ) -> None:
     waldir = str(sample.wal.waldir)
     joins = _stats_both(monkeypatch, mode, "-p", waldir, "-s", str(sample.t1_start))
-    assert joins.count(True) >= 8  # (2 + 7 parts joined)
+    assert joins.count(True) >= 6  # (of 2 + 7: a part may start mid-record, where the crash was)
     _stats_both(monkeypatch, mode, "-p", waldir, "-t", "2", "-s", str(sample.t2_start))
     end = sample.t1_start + 9 * SEG_SIZE + 4321
     _stats_both(monkeypatch, mode, "-p", waldir, "-s", str(sample.t1_start), "-e", str(end))

@@ -801,6 +801,7 @@ class _Part:
     acc: list[int]
     fpi: list[int]
     first: tuple[int, int, int] | None  # first record's (lsn, xl_prev, page timeline)
+    start_info: int  # xlp_info of the part's first page
     end: _PartEnd
 
 
@@ -860,7 +861,7 @@ def _scan_part(cfg: _Config, start: int, stop: int | None) -> _Part:
                 if stop is None or rec[0] < stop:  # (else a record spans the whole part)
                     stats.add(rec)
                     page = rec[0] - rec[0] % 8192
-                    first = (rec[0], rec[2], _page_timeline(cfg, page))
+                    first = (rec[0], rec[2], _page_header_fields(cfg, page)[1])
                 break
             if found or decoder.outcome is not None:
                 break
@@ -872,7 +873,8 @@ def _scan_part(cfg: _Config, start: int, stop: int | None) -> _Part:
                 decoder.scan_stats(stats, stop)
     except _Fatal as e:
         fatal = str(e)
-    return _Part(stats.acc, stats.fpi, first, _PartEnd.of(decoder, fatal))
+    info = _page_header_fields(cfg, start)[0] if first is not None else 0
+    return _Part(stats.acc, stats.fpi, first, info, _PartEnd.of(decoder, fatal))
 
 
 def _replace_start(cfg: _Config, start: int) -> _Config:
@@ -881,15 +883,16 @@ def _replace_start(cfg: _Config, start: int) -> _Config:
     return replace(cfg, start=LSN(start))
 
 
-def _page_timeline(cfg: _Config, page: int) -> int:
-    """xlp_tli of the page at ``page`` (its file was just read: it exists)."""
+def _page_header_fields(cfg: _Config, page: int) -> tuple[int, int]:
+    """(xlp_info, xlp_tli) of the page at ``page`` (its file was just read: it exists)."""
     name = segment_name(cfg.timeline, page // cfg.seg_size, cfg.seg_size)
     path = cfg.waldir / name
     if not path.is_file():
         path = cfg.waldir / (name + ".partial")
     with open(path, "rb") as f:
-        f.seek(page % cfg.seg_size + 4)
-        return int.from_bytes(f.read(4), "little")
+        f.seek(page % cfg.seg_size)
+        head = f.read(8)
+    return int.from_bytes(head[2:4], "little"), int.from_bytes(head[4:8], "little")
 
 
 def _fork_part(cfg: _Config, start: int, stop: int | None) -> tuple[int, int]:
@@ -930,12 +933,18 @@ def _joins(end: _PartEnd, stop: int, part: _Part | None) -> bool:
     if part is None or part.first is None or end.last_lsn is None:
         return False
     lsn, xl_prev, page_tli = part.first
+    where = end.position
+    if end.position == stop:
+        # The part before ended exactly at the segment start (an XLOG_SWITCH):
+        # the serial reader validates its page header (as the part did, except
+        # that a continuation flag is an error there, not a record to skip).
+        where = -1 if part.start_info & 0x0001 else stop + 40  # XLP_FIRST_IS_CONTRECORD
     return (
         end.outcome is None
         and end.fatal is None
         and not end.mid_record
         and end.position >= stop
-        and lsn == end.position
+        and lsn == where
         and xl_prev == end.last_lsn
         and part.end.magic == end.magic
         and page_tli >= end.timeline
