@@ -1,13 +1,20 @@
 """Catch-up speed: walstream's receiver vs pg_receivewal on the same WAL backlog.
 
-Run: ``python bench/catchup.py [--scale 45] [--rounds 3] [--no-sync]``
+Run: ``python bench/catchup.py [--scale 80] [--rounds 3] [--modes default,no-sync]``
 
 One throwaway PostgreSQL 15 primary; ``pgbench -i -s SCALE`` makes the
-backlog (scale 45 is about 600 MB of WAL). Each run streams the same range
+backlog (scale 80 is about 1 GiB of WAL). Each run streams the same range
 into an empty directory (a zero-length ``.partial`` names the start segment,
 which both tools resume from) and stops at the same endpos with ``-E -n``.
-Rounds alternate which tool goes first; the medians and their ratio are
-printed. Figures vary between machines and runs: compare the ratio.
+
+Fairness: after the backlog is made the server checkpoints and everything is
+``sync``ed, and before every timed run the previous run's directory is gone
+and dirty pages are written back (``sync``), so no run pays for another's
+writeback. Rounds alternate which tool goes first; every mode uses the same
+backlog; medians and their ratio are printed. The headline is the wall time a
+user sees (start-up included); walstream's interpreter start-up alone
+(``--version``, median of 5) is printed separately. Figures vary between
+machines and runs: compare the ratio.
 """
 
 from __future__ import annotations
@@ -27,14 +34,55 @@ from walstream.embedded import PgCluster
 from walstream.wal.segment import segment_name
 
 SEG = 16 * 1024 * 1024
+TIME = "/usr/bin/time"
+MODES = {"default": [], "no-sync": ["--no-sync"], "synchronous": ["--synchronous"]}
+
+
+def _run(cmd: list[str]) -> tuple[float, float, float, bytes, int]:
+    """Wall time, CPU time (user + system), peak RSS in MB, stderr and exit code of one child.
+
+    Peak RSS comes from /usr/bin/time when there is one: a child forked from
+    this Python process inherits its peak RSS in ``ru_maxrss`` (about 29 MB)
+    across exec, which hid pg_receivewal's real figure (about 9 MB).
+    """
+    with tempfile.NamedTemporaryFile("r") as rss_file:
+        timer = [TIME, "-f", "%M", "-o", rss_file.name] if os.path.exists(TIME) else []
+        t0 = time.monotonic()
+        proc = subprocess.Popen([*timer, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.monotonic() - t0
+        peak = usage.ru_maxrss / 1024  # kB on Linux
+        if timer:
+            text = rss_file.read().strip().splitlines()
+            if text and text[-1].isdigit():
+                peak = int(text[-1]) / 1024
+    cpu = usage.ru_utime + usage.ru_stime  # wait4 includes /usr/bin/time's waited-for child
+    return elapsed, cpu, peak, err, os.waitstatus_to_exitcode(status)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scale", type=int, default=45, help="pgbench -i scale (default 45)")
+    parser.add_argument("--scale", type=int, default=80, help="pgbench -i scale (default 80)")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
-    parser.add_argument("--no-sync", action="store_true", help="pass --no-sync to both tools")
+    parser.add_argument(
+        "--modes",
+        default="default,no-sync",
+        help="comma-separated: default, no-sync, synchronous (default: default,no-sync)",
+    )
+    parser.add_argument("--no-sync", action="store_true", help="same as --modes no-sync")
     args = parser.parse_args()
+    modes = ["no-sync"] if args.no_sync else args.modes.split(",")
+    for mode in modes:
+        if mode not in MODES:
+            parser.error(f"unknown mode {mode!r}")
+
+    walstream_cmd = [sys.executable, "-m", "walstream.receiver"]
+    startup = []
+    for _ in range(5):
+        t, _, _, _, _ = _run([*walstream_cmd, "--version"])
+        startup.append(t)
 
     cluster = PgCluster.create(
         15, conf={"max_wal_size": "'8GB'", "wal_keep_size": "'8GB'", "checkpoint_timeout": "'1h'"}
@@ -46,50 +94,58 @@ def main() -> int:
         cluster.pgbench("-i", "-s", str(args.scale), "-q", timeout=1800)
         end = LSN.parse(cluster.current_lsn())
         cluster.psql("INSERT INTO pgbench_history VALUES (1, 1, 1, 1, now(), 'past endpos')")
+        cluster.psql("CHECKPOINT")
+        os.sync()
         size = end - start
-        mode = "--no-sync" if args.no_sync else "default fsync rules"
-        print(f"backlog {size / 1e6:.0f} MB from {start} to {end}, {mode}", flush=True)
+        print(f"backlog {size / 1e6:.0f} MB from {start} to {end}", flush=True)
+        print(f"walstream start-up (--version, median of 5): {statistics.median(startup):.3f} s")
         tools = {
-            "walstream": [sys.executable, "-m", "walstream.receiver"],
+            "walstream": walstream_cmd,
             "pg_receivewal": [str(cluster.program("pg_receivewal"))],
         }
-        times: dict[str, list[float]] = {name: [] for name in tools}
-        rss: dict[str, list[float]] = {name: [] for name in tools}
-        for rnd in range(args.rounds):
-            order = list(tools) if rnd % 2 == 0 else list(reversed(tools))
-            for name in order:
-                directory = work / f"{name}-{rnd}"
-                directory.mkdir()
-                (directory / (segment_name(1, start // SEG, SEG) + ".partial")).touch()
-                cmd = [*tools[name], "-d", cluster.conninfo("trust_user"), "-D", str(directory)]
-                cmd += ["-n", "-E", str(end)] + (["--no-sync"] if args.no_sync else [])
-                t0 = time.monotonic()
-                proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-                assert proc.stderr is not None
-                err = proc.stderr.read()
-                # wait4 reports this child's own peak RSS (ru_maxrss, in kB on Linux).
-                _, status, usage = os.wait4(proc.pid, 0)
-                proc.returncode = os.waitstatus_to_exitcode(status)
-                elapsed = time.monotonic() - t0
-                if proc.returncode != 0:
-                    print(f"{name} failed: {err.decode(errors='replace')}", file=sys.stderr)
-                    return 1
-                times[name].append(elapsed)
-                rss[name].append(usage.ru_maxrss / 1024)
-                print(
-                    f"round {rnd}  {name:<14} {elapsed:6.2f} s  {size / elapsed / 1e6:6.0f} MB/s"
-                    f"  peak RSS {usage.ru_maxrss / 1024:5.1f} MB"
-                )
-                shutil.rmtree(directory)
-        ours, theirs = (statistics.median(times[n]) for n in tools)
-        print(
-            f"median: walstream {ours:.2f} s, pg_receivewal {theirs:.2f} s; "
-            f"walstream speed = {theirs / ours:.2f}x pg_receivewal"
-        )
-        print(
-            f"peak RSS: walstream {max(rss['walstream']):.1f} MB, "
-            f"pg_receivewal {max(rss['pg_receivewal']):.1f} MB"
-        )
+        for mode in modes:
+            times: dict[str, list[float]] = {name: [] for name in tools}
+            rss: dict[str, list[float]] = {name: [] for name in tools}
+            cpus: dict[str, list[float]] = {name: [] for name in tools}
+            for rnd in range(args.rounds):
+                order = list(tools) if rnd % 2 == 0 else list(reversed(tools))
+                for name in order:
+                    directory = work / f"{name}-{rnd}"
+                    directory.mkdir()
+                    (directory / (segment_name(1, start // SEG, SEG) + ".partial")).touch()
+                    cmd = [*tools[name], "-d", cluster.conninfo("trust_user"), "-D", str(directory)]
+                    cmd += ["-n", "-E", str(end), *MODES[mode]]
+                    os.sync()
+                    elapsed, cpu, peak, err, rc = _run(cmd)
+                    if rc != 0:
+                        print(f"{name} failed: {err.decode(errors='replace')}", file=sys.stderr)
+                        return 1
+                    times[name].append(elapsed)
+                    rss[name].append(peak)
+                    cpus[name].append(cpu)
+                    print(
+                        f"{mode:<11} round {rnd}  {name:<14} {elapsed:6.2f} s"
+                        f"  {size / elapsed / 1e6:6.0f} MB/s  CPU {cpu:5.2f} s"
+                        f"  peak RSS {peak:5.1f} MB",
+                        flush=True,
+                    )
+                    shutil.rmtree(directory)
+            ours, theirs = (statistics.median(times[n]) for n in tools)
+            ratios = ", ".join(
+                f"{t / o:.2f}"
+                for o, t in zip(times["walstream"], times["pg_receivewal"], strict=True)
+            )
+            print(
+                f"{mode}: median walstream {ours:.2f} s, pg_receivewal {theirs:.2f} s; "
+                f"walstream speed = {theirs / ours:.2f}x pg_receivewal (per round: {ratios}); "
+                f"median CPU walstream {statistics.median(cpus['walstream']):.2f} s, "
+                f"pg_receivewal {statistics.median(cpus['pg_receivewal']):.2f} s"
+            )
+            print(
+                f"{mode}: peak RSS walstream {max(rss['walstream']):.1f} MB, "
+                f"pg_receivewal {max(rss['pg_receivewal']):.1f} MB",
+                flush=True,
+            )
     finally:
         cluster.destroy()
         shutil.rmtree(work, ignore_errors=True)

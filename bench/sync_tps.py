@@ -1,6 +1,6 @@
 """pgbench TPS with walstream or pg_receivewal as the synchronous standby.
 
-Run: ``python bench/sync_tps.py [--rounds 3] [--seconds 10]``
+Run: ``python bench/sync_tps.py [--rounds 3] [--seconds 10] [--alone]``
 
 One throwaway PostgreSQL 15 primary with both receivers connected at once
 (``--synchronous``, each with its own application_name); each round names one
@@ -8,6 +8,12 @@ of them in ``synchronous_standby_names`` (ALTER SYSTEM + reload, as in the
 shared baselines), then runs ``pgbench -c 8 -j 2 -T SECONDS`` with
 synchronous_commit = on. Rounds alternate the order; medians and the ratio
 are printed.
+
+With both connected, the standby not being measured still fsyncs every batch
+at the same moments as the measured one, and the later of the two fsyncs
+queues behind the other: this penalises whichever tool answers later. With
+``--alone`` only the measured receiver is connected (started fresh for each
+run, same directory carried over), which measures each tool on its own.
 """
 
 from __future__ import annotations
@@ -29,6 +35,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument(
+        "--alone",
+        action="store_true",
+        help="connect only the measured receiver in each run (default: both stay connected)",
+    )
     args = parser.parse_args()
     cluster = PgCluster.create(15, conf={"max_wal_size": "'4GB'"})
     work = Path(tempfile.mkdtemp(prefix="walstream-bench-"))
@@ -40,20 +51,41 @@ def main() -> int:
             "walstream": [sys.executable, "-m", "walstream.receiver"],
             "pg_receivewal": [str(cluster.program("pg_receivewal"))],
         }
-        for name, cmd in tools.items():
+        started: dict[str, subprocess.Popen[str]] = {}
+
+        def start(name: str) -> None:
+            full = [*tools[name], "-d", f"{conninfo} application_name=bench_{name}"]
+            proc = subprocess.Popen(
+                [*full, "-D", str(work / name), "--synchronous"], stderr=subprocess.DEVNULL
+            )
+            procs.append(proc)
+            started[name] = proc
+
+        def wait_connected(count: int) -> None:
+            deadline = time.monotonic() + 30
+            while cluster.psql("SELECT count(*) FROM pg_stat_replication") != str(count):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("receivers did not connect")
+                time.sleep(0.1)
+
+        for name in tools:
             (work / name).mkdir()
-            full = [*cmd, "-d", f"{conninfo} application_name=bench_{name}", "-D", str(work / name)]
-            procs.append(subprocess.Popen([*full, "--synchronous"], stderr=subprocess.DEVNULL))
-        deadline = time.monotonic() + 30
-        while cluster.psql("SELECT count(*) FROM pg_stat_replication") != "2":
-            if time.monotonic() > deadline:
-                print("receivers did not connect", file=sys.stderr)
-                return 1
-            time.sleep(0.1)
+            if not args.alone:
+                start(name)
+        if not args.alone:
+            wait_connected(len(tools))
         tps: dict[str, list[float]] = {name: [] for name in tools}
         for rnd in range(args.rounds):
             order = list(tools) if rnd % 2 == 0 else list(reversed(tools))
             for name in order:
+                if args.alone:
+                    start(name)
+                    wait_connected(1)
+                    deadline = time.monotonic() + 60
+                    while cluster.psql("SELECT state FROM pg_stat_replication") != "streaming":
+                        if time.monotonic() > deadline:  # resuming: caught up first
+                            raise RuntimeError(f"{name} did not catch up")
+                        time.sleep(0.1)
                 cluster.set_conf(synchronous_standby_names=f"bench_{name}")
                 time.sleep(0.5)
                 state = cluster.psql(
@@ -65,9 +97,17 @@ def main() -> int:
                 assert m, out
                 tps[name].append(float(m.group(1)))
                 print(f"round {rnd}  {name:<14} {float(m.group(1)):8.0f} tps  (sync_state {state})")
+                if args.alone:
+                    proc = started.pop(name)
+                    proc.terminate()
+                    proc.wait(30)
+                    wait_connected(0)
         ours, theirs = (statistics.median(tps[n]) for n in tools)
+        per_round = [o / t for o, t in zip(tps["walstream"], tps["pg_receivewal"], strict=True)]
         print(f"median: walstream {ours:.0f} tps, pg_receivewal {theirs:.0f} tps; "
-              f"ratio {ours / theirs:.2f}x")  # fmt: skip
+              f"ratio {ours / theirs:.2f}x (per round: "
+              f"{', '.join(f'{r:.2f}' for r in per_round)}; "
+              f"median {statistics.median(per_round):.2f})")  # fmt: skip
     finally:
         for proc in procs:
             proc.terminate()

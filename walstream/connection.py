@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from walstream import pgpass
 from walstream.conninfo import ConnectParams, HostSpec, resolve
@@ -120,8 +120,8 @@ class _Wire(asyncio.BufferedProtocol):
         self._start = self._end = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # Not an isinstance check: uvloop's transports are not asyncio.Transport subclasses.
+        self.transport = cast(asyncio.Transport, transport)
         # Kept: asyncio.get_running_loop() costs a getpid() system call each time.
         self._loop = asyncio.get_running_loop()
 
