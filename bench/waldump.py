@@ -27,7 +27,11 @@ Timed, in interleaved rounds (the order alternates, medians reported):
   ``WalDecoder.scan_stats``, with no CLI around it;
 * ``walstream waldump --stats``: the CLI end to end as a user runs it, in a
   fresh interpreter (start-up, imports, reading the files, the statistics
-  table), which is the apples-to-apples comparison with pg_waldump.
+  table), which is the apples-to-apples comparison with pg_waldump. By
+  default it scans long ranges in parallel parts (2 per CPU); the same with
+  ``WALSTREAM_WALDUMP_JOBS=1`` (one process, like pg_waldump) is timed too;
+* with ``--before DIR``, the CLI of another checkout of walstream (e.g.
+  ``git archive <commit> walstream | tar -x -C DIR``), for before/after.
 
 Both statistics outputs are checked to be identical (pg_waldump's table
 byte for byte) before anything is timed. Ratios are walstream's speed
@@ -112,9 +116,9 @@ def decode_verify(waldir: Path, start: LSN, end: LSN) -> tuple[int, float]:
     return stats.total, time.perf_counter() - began
 
 
-def run_timed(cmd: list[str]) -> tuple[str, float]:
+def run_timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[str, float]:
     began = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout
     return out, time.perf_counter() - began
 
 
@@ -137,6 +141,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="reuse or keep the WAL in this directory")
     parser.add_argument("--generate-only", action="store_true")
     parser.add_argument("--whole-only", action="store_true", help="skip the per-part figures")
+    parser.add_argument("--before", type=Path, help="also time the CLI of the walstream in DIR")
     args = parser.parse_args()
     waldir = args.keep or Path(tempfile.mkdtemp(prefix="walbench-"))
     waldir.mkdir(parents=True, exist_ok=True)
@@ -156,6 +161,7 @@ def main() -> None:
     pg_waldump = str(bindir / "pg_waldump")
     script = Path(sys.executable).parent / "walstream"  # the console script a user runs
     cli = [str(script)] if script.exists() else [sys.executable, "-m", "walstream.cli"]
+    serial = {**os.environ, "WALSTREAM_WALDUMP_JOBS": "1"}
     parts = [("all", start, end)]
     if not args.whole_only:
         parts += [("pgbench -i", start, mid), ("pgbench tx", mid, end)]
@@ -177,7 +183,14 @@ def main() -> None:
                 "pg_waldump --stats": lambda c=c_cmd: run_timed(c)[1],  # type: ignore[misc]
                 "decode+verify": lambda a=a, b=b: decode_verify(waldir, a, b)[1],  # type: ignore[misc]
                 "walstream waldump --stats": lambda c=py_cmd: run_timed(c)[1],  # type: ignore[misc]
+                "  ... one process": lambda c=py_cmd: run_timed(c, serial)[1],  # type: ignore[misc]
             }
+            if args.before is not None:
+                old = {**os.environ, "PYTHONPATH": str(args.before)}
+                old_cmd = [sys.executable, "-P", "-m", "walstream.cli", "waldump", "--stats", *rng]
+                if _table(run_timed(old_cmd, old)[0]) != _table(c_out):
+                    raise SystemExit("--before: --stats outputs differ")
+                runs["before (--before)"] = lambda c=old_cmd, e=old: run_timed(c, e)[1]  # type: ignore[misc]
             times: dict[str, list[float]] = {name: [] for name in runs}
             load = os.getloadavg()[0]
             for rnd in range(args.rounds):
@@ -189,7 +202,7 @@ def main() -> None:
             base = med["pg_waldump --stats"]
             print(
                 f"{label}: {mb:.0f} MB, {n_rec} records ({mb * 1e6 / n_rec:.0f} B/record), "
-                f"{args.rounds} rounds, load average up to {load:.1f}"
+                f"{args.rounds} rounds, {os.cpu_count()} CPUs, load average up to {load:.1f}"
             )
             for name, t in med.items():
                 runs_text = " ".join(f"{x:.2f}" for x in times[name])

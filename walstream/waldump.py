@@ -10,6 +10,12 @@ what walstream accepts and where it stops. Record descriptions (the text
 after the record type) are given for the record types walstream decodes
 (checkpoints, transaction ends, restore points, ...); pg_waldump's per-rmgr
 descriptions of heap and index records are not reproduced.
+
+Plain ``--stats`` (no filter, no limit) counts records without building them
+(:meth:`WalDecoder.scan_stats`), and over long ranges in parallel parts, one
+process each, joined only where provably the same as reading on (see
+``_parts``). ``WALSTREAM_WALDUMP_JOBS=N`` sets the number of parts; 1 keeps
+it to one process.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ __all__ = ["main"]
 PROGNAME: Final = "walstream waldump"
 _WAL_NAME: Final = re.compile(r"[0-9A-F]{24}")
 _READ_CHUNK: Final = 16 * 1024 * 1024
+_PART_MIN: Final = 64 * 1024 * 1024  # WAL per process when --stats scans in parallel
 _XACT_END: Final = frozenset({0x00, 0x20, 0x30, 0x40})  # COMMIT, ABORT, *_PREPARED
 
 
@@ -827,8 +834,10 @@ def _parts(cfg: _Config, start: int) -> list[int]:
     except (AttributeError, OSError):  # pragma: no cover - not Linux
         cpus = os.cpu_count() or 1
     jobs = min(2 * cpus, 8)  # (more parts than CPUs: the parts differ in work)
+    part_min = _PART_MIN  # a part must be worth a process
     if os.environ.get("WALSTREAM_WALDUMP_JOBS", "").isdigit():
         jobs = int(os.environ["WALSTREAM_WALDUMP_JOBS"])
+        part_min = 0
     seg = cfg.seg_size
     first = start // seg
     if cfg.end is not None:
@@ -841,6 +850,7 @@ def _parts(cfg: _Config, start: int) -> list[int]:
                 break
             last += 1
     segments = last - first + 1
+    jobs = min(jobs, segments * seg // part_min) if part_min else jobs
     if jobs < 2 or segments < 2 * jobs:
         return []
     return [(first + segments * k // jobs) * seg for k in range(1, jobs)]
