@@ -469,6 +469,9 @@ class WalReceiver:
         start = chunks[0].data_start
         pieces = [ev.data for ev in chunks]
         synchronous = self.options.synchronous
+        # The startup role decodes while the batch is written and fsynced; it
+        # applies the records once they are durable (the second offer below).
+        self._offer_replay([(ev.data_start, ev.data) for ev in chunks])
 
         def write_batch() -> LSN | None:
             # The batch is contiguous (checked above): one system call for it.
@@ -492,7 +495,7 @@ class WalReceiver:
         self.policy.received(end)
         self._update_rate(end)
         self.policy.flushed(directory.flushed if flushed is None else flushed)
-        self._offer_replay([(ev.data_start, ev.data) for ev in chunks])
+        self._offer_replay([])
 
     def _offer_replay(self, chunks: list[tuple[int, bytes]]) -> None:
         """Hand new WAL to the startup role; it replays only what is durable."""

@@ -92,47 +92,69 @@ class Replayer:
         self._reported: WalCorruption | None = None
         self._pending: list[tuple[int, bytes]] = []
         self._durable = 0
-        self._task: asyncio.Task[None] | None = None
+        self._job_durable = 0
+        self._failed = False
+        self._job: concurrent.futures.Future[LSN] | None = None
         self._thread = concurrent.futures.ThreadPoolExecutor(
             1, thread_name_prefix="walstream-startup"
         )
 
     def offer(self, chunks: Iterable[tuple[int, bytes]], durable: int) -> None:
-        """New WAL (start, bytes) and how far WAL is now durable; never blocks."""
-        if self.state is not None and self.state.target_reached is not None:
-            return  # replay ended at its target: nothing more is decoded
+        """New WAL (start, bytes) and how far WAL is now durable; never blocks.
+
+        Offering WAL before it is durable lets decoding run while the
+        receiver's fsync does: the records then only wait to be applied.
+        The work goes straight to the decoding thread (no task hop), so it
+        starts even while the event loop is busy writing.
+        """
+        if self._failed or (self.state is not None and self.state.target_reached is not None):
+            return  # replay ended (at its target, or on a bug): nothing more is decoded
         self._pending.extend(chunks)
         self._durable = max(self._durable, durable)
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
+        if self._job is None:
+            self._submit()
 
-    async def _run(self) -> None:
+    def _submit(self) -> None:
+        chunks, self._pending = self._pending, []
+        before = self.state.replay_lsn if self.state else LSN(0)
         loop = asyncio.get_running_loop()
-        while self._pending or (self.state and self.state.replay_lsn < self._durable):
-            chunks, self._pending = self._pending, []
-            durable = self._durable
-            before = self.state.replay_lsn if self.state else LSN(0)
-            try:
-                replayed = await loop.run_in_executor(self._thread, self._step, chunks, durable)
-            except Exception as e:  # a bug or a gap: stop replaying, keep receiving
-                log.error("replay tracking stopped: %s", e)
-                self._pending.clear()
-                return
-            if replayed > before:
-                self.on_applied(replayed)
-            stopped = self.state.stopped if self.state else None
-            if stopped is not None and stopped is not self._reported:
-                # Received WAL is fed whole: a stop is damage, not a torn tail.
-                log.error("WAL replay stops at %s: %s", stopped.lsn, stopped.reason)
-                self._reported = stopped
-            reached = self.state.target_reached if self.state else None
-            if reached is not None:
-                self._pending.clear()
-                if self.on_target is not None:
-                    self.on_target(reached)
-                return
-            if replayed <= before and not self._pending and durable == self._durable:
-                break  # nothing more can be replayed until more WAL arrives
+        self._job_durable = self._durable
+        job = self._thread.submit(self._step, chunks, self._durable)
+        self._job = job
+
+        def back_on_loop(done: concurrent.futures.Future[LSN]) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._finished, done, before)
+
+        job.add_done_callback(back_on_loop)
+
+    def _finished(self, job: concurrent.futures.Future[LSN], before: LSN) -> None:
+        """Back on the event loop: report what was replayed, then take the next batch."""
+        self._job = None
+        if job.cancelled() or self._failed:
+            return
+        error = job.exception()
+        if error is not None:  # a bug or a gap: stop replaying, keep receiving
+            log.error("replay tracking stopped: %s", error)
+            self._pending.clear()
+            self._failed = True
+            return
+        replayed = job.result()
+        if replayed > before:
+            self.on_applied(replayed)
+        state = self.state
+        stopped = state.stopped if state else None
+        if stopped is not None and stopped is not self._reported:
+            # Received WAL is fed whole: a stop is damage, not a torn tail.
+            log.error("WAL replay stops at %s: %s", stopped.lsn, stopped.reason)
+            self._reported = stopped
+        if state is not None and state.target_reached is not None:
+            self._pending.clear()
+            if self.on_target is not None:
+                self.on_target(state.target_reached)
+            return
+        if self._pending or self._durable > self._job_durable:
+            self._submit()  # more WAL, or more of it durable, arrived meanwhile
 
     def _step(self, chunks: list[tuple[int, bytes]], durable: int) -> LSN:
         for lsn, data in chunks:
@@ -143,8 +165,8 @@ class Replayer:
         return self.state.advance(durable) if self.state else LSN(0)
 
     def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        self._pending.clear()
+        self._failed = True
         self._thread.shutdown(wait=False, cancel_futures=True)
 
 
