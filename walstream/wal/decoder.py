@@ -853,13 +853,24 @@ class WalDecoder:
                     self._page_ok = self._latest_page = page_ok = pos
                     self._next = pos = pos + 24
                     continue
-                if off > 8168 or pos - off != page_ok or i + 24 > n:
+                if pos - off != page_ok:
                     break
-                tot_len, xid, xl_prev, info, rmid, want = unpack(buf, i)
-                if tot_len < 24 or xl_prev != prev or special[rmid << 8 | info]:
-                    break
+                split = off > 8168  # the record header itself continues on the next page
+                if split:
+                    if i + 4 > n:
+                        break
+                    tot_len = buf[i] | buf[i + 1] << 8 | buf[i + 2] << 16 | buf[i + 3] << 24
+                    if tot_len < 24:
+                        break
+                    xid = xl_prev = info = rmid = want = -1  # (known once reassembled)
+                else:
+                    if i + 24 > n:
+                        break
+                    tot_len, xid, xl_prev, info, rmid, want = unpack(buf, i)
+                    if tot_len < 24 or xl_prev != prev or special[rmid << 8 | info]:
+                        break
                 e = i + tot_len
-                if off + tot_len <= 8192:
+                if not split and off + tot_len <= 8192:
                     if e > n or crc(buf[i : i + 20], crc(buf[i + 24 : e])) != want:
                         break
                     rbuf = buf
@@ -896,6 +907,10 @@ class WalDecoder:
                     if got < tot_len:
                         break
                     rbuf = join(pieces)
+                    if split:
+                        _, xid, xl_prev, info, rmid, want = unpack(rbuf, 0)
+                        if xl_prev != prev or special[rmid << 8 | info]:
+                            break
                     if crc(rbuf[:20], crc(memoryview(rbuf)[24:])) != want:
                         break
                     ri = 0
@@ -1073,13 +1088,22 @@ class WalDecoder:
                     # One record the loop above left: near the page's end, or
                     # continued on the next pages, or of another shape, or bad.
                     off = pos & 8191
-                    if off > 8168 or i + 24 > n:
-                        break  # a record header split across pages, or not fed
-                    tot_len, xl_prev, key, want = head(buf, i)
-                    if xl_prev != prev or special[key] or tot_len < 24:
-                        break
+                    split = off > 8168  # the record header itself continues on the next page
+                    if split:
+                        if i + 4 > n:
+                            break
+                        tot_len = buf[i] | buf[i + 1] << 8 | buf[i + 2] << 16 | buf[i + 3] << 24
+                        if tot_len < 24:
+                            break
+                        xl_prev = key = want = -1  # (known once reassembled)
+                    else:
+                        if i + 24 > n:
+                            break
+                        tot_len, xl_prev, key, want = head(buf, i)
+                        if xl_prev != prev or special[key] or tot_len < 24:
+                            break
                     e = i + tot_len
-                    if off + tot_len <= 8192:
+                    if not split and off + tot_len <= 8192:
                         if e > n or crc(buf[i : i + 20], crc(buf[i + 24 : e])) != want:
                             break
                         fpi = body_fpi(buf, i, tot_len, v15, top_ok)
@@ -1117,6 +1141,10 @@ class WalDecoder:
                         if got < tot_len:
                             break
                         rec = join(pieces)
+                        if split:
+                            _, xl_prev, key, want = head(rec, 0)
+                            if xl_prev != prev or special[key]:
+                                break
                         if crc(rec[:20], crc(memoryview(rec)[24:])) != want:
                             break
                         fpi = body_fpi(rec, 0, tot_len, v15, top_ok)
