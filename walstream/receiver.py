@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from walstream.connection import ReplicationConnection, ReplicationStream, connect
 from walstream.errors import (
@@ -47,10 +47,13 @@ from walstream.errors import (
 from walstream.lsn import LSN
 from walstream.protocol.replication import PrimaryKeepalive, XLogData
 from walstream.protocol.standby import StatusPolicy
-from walstream.startup import Replayer, add_target_arguments, target_from_arguments
+from walstream.recovery_options import add_target_arguments, target_from_arguments
 from walstream.wal.directory import Compression, DirectoryMismatch, WalDirectory
 from walstream.wal.recovery import RecoveryTarget, TargetReached
 from walstream.wal.segment import parse_history, parse_size_setting, segment_start
+
+if TYPE_CHECKING:
+    from walstream.startup import Replayer
 
 __all__ = ["ReceiverOptions", "ReceiverStatus", "WalReceiver", "main"]
 
@@ -283,6 +286,10 @@ class WalReceiver:
         seg_size = parse_size_setting(await conn.show("wal_segment_size"))
         directory = self._open_directory(seg_size, system.systemid, mode)
         if self.options.replay and self._replayer is None:
+            # Imported here: the decoder is only needed with --replay, and the
+            # receiver's start-up is part of every run's cost.
+            from walstream.startup import Replayer
+
             self._replayer = Replayer(
                 seg_size,
                 self.report_applied,
