@@ -1,7 +1,15 @@
-"""walstream: PostgreSQL physical streaming replication in pure-Python asyncio."""
+"""walstream: PostgreSQL physical streaming replication in pure-Python asyncio.
 
-from walstream.connection import ReplicationConnection, ReplicationStream, connect
-from walstream.conninfo import parse_conninfo
+The connection API (``connect``, ``ReplicationConnection``, ...) is imported
+on first use: ``walstream waldump`` and the startup role never open a
+connection and should not pay for asyncio, ssl and the protocol codec at
+start-up.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from walstream.errors import (
     AuthenticationError,
     ConnectError,
@@ -12,7 +20,11 @@ from walstream.errors import (
     ServerError,
 )
 from walstream.lsn import INVALID_LSN, LSN
-from walstream.protocol.replication import PrimaryKeepalive, XLogData
+
+if TYPE_CHECKING:
+    from walstream.connection import ReplicationConnection, ReplicationStream, connect
+    from walstream.conninfo import parse_conninfo
+    from walstream.protocol.replication import PrimaryKeepalive, XLogData
 
 __all__ = [
     "INVALID_LSN",
@@ -33,3 +45,23 @@ __all__ = [
 ]
 
 __version__ = "0.1.0.dev0"
+
+_LAZY = {
+    "ReplicationConnection": "walstream.connection",
+    "ReplicationStream": "walstream.connection",
+    "connect": "walstream.connection",
+    "parse_conninfo": "walstream.conninfo",
+    "PrimaryKeepalive": "walstream.protocol.replication",
+    "XLogData": "walstream.protocol.replication",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'walstream' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
