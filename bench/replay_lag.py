@@ -38,16 +38,24 @@ from walstream.lsn import LSN
 APPS = ("walstream", "standby")
 
 
-def _sample(cluster: PgCluster) -> dict[str, tuple[int, float | None]]:
-    """Per application: (bytes of WAL not yet replayed, replay_lag in seconds or None)."""
+Sample = tuple[int, float | None, float | None]
+
+
+def _sample(cluster: PgCluster) -> dict[str, Sample]:
+    """Per application: (bytes not yet replayed, replay_lag, flush_lag; seconds or None)."""
     out = cluster.psql(
         "SELECT application_name, pg_current_wal_lsn() - replay_lsn, "
-        "extract(epoch FROM replay_lag) FROM pg_stat_replication WHERE replay_lsn IS NOT NULL"
+        "extract(epoch FROM replay_lag), extract(epoch FROM flush_lag) "
+        "FROM pg_stat_replication WHERE replay_lsn IS NOT NULL"
     )
-    rows: dict[str, tuple[int, float | None]] = {}
+    rows: dict[str, Sample] = {}
     for line in out.splitlines():
-        app, lag_bytes, lag_time = line.split("|")
-        rows[app] = (int(float(lag_bytes)), float(lag_time) if lag_time else None)
+        app, lag_bytes, replay, flush = line.split("|")
+        rows[app] = (
+            int(float(lag_bytes)),
+            float(replay) if replay else None,
+            float(flush) if flush else None,
+        )
     return rows
 
 
@@ -80,7 +88,7 @@ def main() -> int:
                 print("the standby and walstream did not both report replay", file=sys.stderr)
                 return 1
             time.sleep(0.1)
-        samples: list[dict[str, tuple[int, float | None]]] = []
+        samples: list[dict[str, Sample]] = []
         load = threading.Thread(
             target=cluster.pgbench,
             args=("-c", str(args.clients), "-j", "2", "-T", str(args.seconds), "-n"),
@@ -99,6 +107,7 @@ def main() -> int:
         for app in APPS:
             lag_b = [float(s[app][0]) for s in samples if app in s]
             lag_t = [t for s in samples if app in s and (t := s[app][1]) is not None]
+            lag_f = [t for s in samples if app in s and (t := s[app][2]) is not None]
             b_med, b_p95, b_max = _stats(lag_b)
             thirds = [lag_b[i * len(lag_b) // 3 : (i + 1) * len(lag_b) // 3] for i in range(3)]
             line = (f"{app:<10} replay lag bytes: median {b_med / 1024:8.1f} kB  "
@@ -109,6 +118,10 @@ def main() -> int:
                 t_med, t_p95, t_max = _stats(lag_t)
                 line += (f"\n{'':<10} replay_lag: median {t_med * 1000:7.1f} ms  "
                          f"p95 {t_p95 * 1000:7.1f} ms  max {t_max * 1000:7.1f} ms")  # fmt: skip
+            if lag_f:
+                f_med, f_p95, _ = _stats(lag_f)
+                line += (f"\n{'':<10} flush_lag:  median {f_med * 1000:7.1f} ms  "
+                         f"p95 {f_p95 * 1000:7.1f} ms  (for comparison)")  # fmt: skip
             medians[app] = (b_med, t_med)
             print(line)
         ours, theirs = medians["walstream"], medians["standby"]
