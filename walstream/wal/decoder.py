@@ -626,6 +626,49 @@ def _body_fpi(buf: bytes, start: int, tot_len: int, v15: bool, toplevel_ok: bool
     return fpi
 
 
+def _gather(
+    buf: bytes,
+    mv: memoryview,
+    base: int,
+    pos: int,
+    tot_len: int,
+    magic: int | None,
+    tli: int,
+    seg_mask: int,
+) -> tuple[bytes, int, int] | None:
+    """Reassemble the record at ``pos`` that continues on the following pages, for the fast
+    paths: each page must be a plain continuation page (short header, flags
+    FIRST_IS_CONTRECORD with or without BKP_REMOVABLE, the expected address and
+    timeline, a remaining length that agrees) within the same segment and the
+    fed data. Returns (record bytes, the LSN after its last page, the bytes taken
+    from that page), or None when anything differs: the general path decides then.
+    """
+    off = pos & 8191
+    i = pos - base
+    n = len(buf)
+    got = 8192 - off
+    pieces = [mv[i : i + got]]
+    page = pos - off + 8192
+    take = 0
+    page_head = _PAGE.unpack_from
+    while got < tot_len:
+        pi = page - base
+        if pi + 24 > n or not page & seg_mask:
+            return None
+        p_magic, p_info, p_tli, p_addr, rem = page_head(buf, pi)
+        if p_magic != magic or p_info | 4 != 5 or p_addr != page or p_tli != tli:
+            return None
+        if rem != tot_len - got:
+            return None
+        take = rem if rem < 8168 else 8168
+        if pi + 24 + take > n:
+            return None
+        pieces.append(mv[pi + 24 : pi + 24 + take])
+        got += take
+        page += 8192
+    return b"".join(pieces), page, take
+
+
 class _Assembly:
     """A record being reassembled from several pages (kept across NEED_DATA)."""
 
@@ -819,7 +862,7 @@ class WalDecoder:
         crc = crc32c
         tnew = _tuple_new
         parse = _parse_body
-        join = b"".join
+        gather = _gather
         block_new_rel = _BLOCK_NEW_REL.unpack_from
         seg_mask = self.seg_size - 1
         while self._outcome is None:
@@ -878,35 +921,13 @@ class WalDecoder:
                     end = pos + ((tot_len + 7) & ~7)
                     page = -1
                 else:
-                    # Continued on plain continuation pages (see scan_stats).
+                    # Continued on plain continuation pages (see _gather).
                     if tot_len > max_len:
                         break
-                    got = 8192 - off
-                    pieces = [mv[i : i + got]]
-                    page = pos - off + 8192
-                    take = 0
-                    while got < tot_len:
-                        pi = page - base
-                        if pi + 24 > n or not page & seg_mask:
-                            break
-                        p_magic, p_info, p_tli, p_addr, rem = page_head(buf, pi)
-                        if (
-                            p_magic != magic
-                            or p_info | 4 != 5
-                            or p_addr != page
-                            or p_tli != tli
-                            or rem != tot_len - got
-                        ):
-                            break
-                        take = rem if rem < 8168 else 8168
-                        if pi + 24 + take > n:
-                            break
-                        pieces.append(mv[pi + 24 : pi + 24 + take])
-                        got += take
-                        page += 8192
-                    if got < tot_len:
+                    gathered = gather(buf, mv, base, pos, tot_len, magic, tli, seg_mask)
+                    if gathered is None:
                         break
-                    rbuf = join(pieces)
+                    rbuf, page, take = gathered
                     if split:
                         _, xid, xl_prev, info, rmid, want = unpack(rbuf, 0)
                         if xl_prev != prev or special[rmid << 8 | info]:
@@ -1006,7 +1027,7 @@ class WalDecoder:
         crc = crc32c
         body_fpi = _body_fpi
         one_block = _ONE_BLOCK
-        join = b"".join
+        gather = _gather
         seg_mask = self.seg_size - 1
         while self._outcome is None:
             if stop is not None and self._next >= stop and self._asm is None:
@@ -1111,36 +1132,13 @@ class WalDecoder:
                             break
                         end = pos + ((tot_len + 7) & ~7)
                     else:
-                        # Continued on the next pages, each of which must be
-                        # a plain continuation page that agrees on the length.
+                        # Continued on the next pages (see _gather).
                         if tot_len > max_len:
                             break
-                        got = 8192 - off
-                        pieces = [mv[i : i + got]]
-                        page = pos - off + 8192
-                        take = 0
-                        while got < tot_len:
-                            pi = page - base
-                            if pi + 24 > n or not page & seg_mask:
-                                break
-                            p_magic, p_info, p_tli, p_addr, rem = page_head(buf, pi)
-                            if (
-                                p_magic != magic
-                                or p_info | 4 != 5
-                                or p_addr != page
-                                or p_tli != tli
-                                or rem != tot_len - got
-                            ):
-                                break
-                            take = rem if rem < 8168 else 8168
-                            if pi + 24 + take > n:
-                                break
-                            pieces.append(mv[pi + 24 : pi + 24 + take])
-                            got += take
-                            page += 8192
-                        if got < tot_len:
+                        gathered = gather(buf, mv, base, pos, tot_len, magic, tli, seg_mask)
+                        if gathered is None:
                             break
-                        rec = join(pieces)
+                        rec, page, take = gathered
                         if split:
                             _, xl_prev, key, want = head(rec, 0)
                             if xl_prev != prev or special[key]:
