@@ -520,11 +520,13 @@ class StartupService:
         if found is None:
             return False
         offset = self._read - segno * seg
+        # A bounded piece at a time: segments may be up to 1 GB.
+        want = min(seg - offset, _READ_CHUNK)
         try:
-            data = _read_file(found.path, offset, seg - offset)
+            data = _read_file(found.path, offset, want)
         except OSError as e:
             raise StartupError(f'could not read "{found.path}": {e.strerror}') from None
-        if found.complete and offset + len(data) != seg:
+        if found.complete and len(data) != want:
             raise StartupError(
                 f'WAL segment "{found.path}" has {offset + len(data)} bytes, expected {seg}'
             )
@@ -554,6 +556,8 @@ class StartupService:
                 self._warned = stopped.lsn
         return state.replay_lsn > before
 
+
+_READ_CHUNK: Final = 16 * 1024 * 1024
 
 _SEGMENT_NAME: Final = re.compile(r"[0-9A-F]{24}(\.gz|\.lz4|\.zst)?(\.partial)?")
 _HISTORY_NAME: Final = re.compile(r"([0-9A-F]{8})\.history")
