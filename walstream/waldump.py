@@ -876,11 +876,7 @@ def _scan_part(cfg: _Config, start: int, stop: int | None) -> _Part:
             if found or decoder.outcome is not None:
                 break
         if first is not None:
-            decoder.scan_stats(stats, stop)
-            for _ in feeds:
-                if stop is not None and decoder.position >= stop and not decoder.mid_record:
-                    break
-                decoder.scan_stats(stats, stop)
+            _scan_to(decoder, stats, stop, feeds)
     except _Fatal as e:
         fatal = str(e)
     info = _page_header_fields(cfg, start)[0] if first is not None else 0
@@ -961,6 +957,20 @@ def _joins(end: _PartEnd, stop: int, part: _Part | None) -> bool:
     )
 
 
+def _scan_to(
+    decoder: WalDecoder, stats: RecordStats, stop: int | None, feeds: Iterator[None]
+) -> None:
+    """Count records into ``stats`` up to ``stop`` (or the end), feeding files as needed.
+
+    A record that starts before ``stop`` and crosses it is still read whole.
+    """
+    decoder.scan_stats(stats, stop)
+    for _ in feeds:
+        if stop is not None and decoder.position >= stop and not decoder.mid_record:
+            break
+        decoder.scan_stats(stats, stop)
+
+
 def _scan_rest(cfg: _Config, decoder: WalDecoder, feeds: Iterator[None], stats: _Stats) -> _PartEnd:
     """Count the remaining records into ``stats``: in parallel parts when worth it."""
     counts = stats.counts
@@ -969,11 +979,7 @@ def _scan_rest(cfg: _Config, decoder: WalDecoder, feeds: Iterator[None], stats: 
     children = [_fork_part(cfg, a, b) for a, b in zip(bounds, stops, strict=True)]
     stop = bounds[0] if bounds else None
     try:
-        decoder.scan_stats(counts, stop)
-        for _ in feeds:
-            if stop is not None and decoder.position >= stop and not decoder.mid_record:
-                break
-            decoder.scan_stats(counts, stop)
+        _scan_to(decoder, counts, stop, feeds)
     except _Fatal as e:
         for pid, r in children:
             _collect(pid, r)
