@@ -45,6 +45,7 @@ DEFAULT_MAX_MESSAGE_SIZE: Final = 16 * 1024 * 1024
 
 _LEN: Final = struct.Struct("!i")
 _COPY_DATA: Final = ord("d")
+_COPY_DATA_HEADER: Final = struct.Struct("!ci")  # CopyData framing, built per status update
 _XLOG_PREFIX: Final = 1 + XLOGDATA_HEADER.size  # 'w' + dataStart + walEnd + sendTime
 
 
@@ -145,7 +146,7 @@ class ClientConnection:
         """Frame a CopyData message; allowed until the client's CopyDone."""
         if self.state is not ClientState.COPY_BOTH or self._client_copy_done:
             raise LocalProtocolError(f"cannot send CopyData in state {self.state.value!r}")
-        return m.CopyData(payload).encode()
+        return _COPY_DATA_HEADER.pack(b"d", len(payload) + 4) + payload
 
     def copy_done(self) -> bytes:
         if self.state is not ClientState.COPY_BOTH or self._client_copy_done:

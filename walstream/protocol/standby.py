@@ -73,7 +73,7 @@ class StatusPolicy:
             return None
         self._due = False
         self._next = None if not self.interval else now + self.interval
-        flush = self.flush if self.report_flush else LSN(0)
+        flush = self.flush if self.report_flush else INVALID_LSN
         return StandbyStatusUpdate(
             self.write, flush, self.apply, pg_time_from_unix(wall_clock), False
         )
