@@ -113,6 +113,9 @@ class _Wire(asyncio.BufferedProtocol):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._interrupted = False
         self._paused = False
+        # A consumer's handler for batches that arrive while it waits in
+        # next_batch (see ReplicationStream.handle_inline).
+        self.inline: Callable[[list[ClientEvent]], bool] | None = None
         self._rbuf = bytearray(_READ_SIZE)
         self._rview = memoryview(self._rbuf)
         # _rbuf[_start:_end] holds the start of a message not yet complete;
@@ -181,6 +184,16 @@ class _Wire(asyncio.BufferedProtocol):
                 self.transport.abort()
             return
         if events:
+            waiter = self._waiter
+            if self.inline is not None and waiter is not None and not waiter.done():
+                # The consumer is idle in next_batch, so nothing it has not seen
+                # comes before these events: it may take them right here.
+                try:
+                    if self.inline(events):
+                        return
+                except Exception as e:  # the consumer's own error: its next_batch raises it
+                    self._fail(e)
+                    return
             self.events.extend(events)
             self._wake()
             if len(self.events) >= _HIGH_WATER and not self._paused and self.transport:
@@ -546,6 +559,32 @@ class ReplicationStream:
         """
         self.conn._wire.interrupt()
 
+    def handle_inline(self, handler: Callable[[list[StreamEvent]], bool] | None) -> None:
+        """Offer batches to ``handler`` in the transport's read callback itself.
+
+        While a :meth:`read` is pending, a batch of only XLogData and
+        keepalives goes to ``handler`` first; if it returns True the batch is
+        consumed and the read goes on waiting. Anything else, or False, takes
+        the normal path to :meth:`read`, in order. An exception from
+        ``handler`` is raised by the pending :meth:`read`.
+
+        For a synchronous standby: a small batch written, fsynced and
+        answered in the callback saves the event-loop turn and task wake-up
+        between the bytes arriving and the fsync, on every commit's round
+        trip (measured in pgbench TPS). ``None`` removes the handler.
+        """
+        if handler is None:
+            self.conn._wire.inline = None
+            return
+
+        def inline(batch: list[ClientEvent]) -> bool:
+            for ev in batch:
+                if type(ev) is not XLogData and type(ev) is not PrimaryKeepalive:
+                    return False
+            return handler(cast(list[StreamEvent], batch))
+
+        self.conn._wire.inline = inline
+
     def __aiter__(self) -> AsyncIterator[StreamEvent]:
         return self._iterate()
 
@@ -574,8 +613,13 @@ class ReplicationStream:
     ) -> None:
         """Send a standby status update ('r') with the standby's positions."""
         t = pg_time_from_unix(time.time() if now is None else now)
-        msg = StandbyStatusUpdate(LSN(write), LSN(flush), LSN(apply), t, reply_requested)
-        self._send(msg.encode())
+        self.send_update(
+            StandbyStatusUpdate(LSN(write), LSN(flush), LSN(apply), t, reply_requested)
+        )
+
+    def send_update(self, update: StandbyStatusUpdate) -> None:
+        """Send a status update built already (e.g. by a StatusPolicy)."""
+        self._send(update.encode())
 
     def send_feedback(
         self,

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from walstream.connection import ReplicationConnection, ReplicationStream, connect
+from walstream.connection import ReplicationConnection, ReplicationStream, StreamEvent, connect
 from walstream.errors import (
     AuthenticationError,
     ConnectError,
@@ -45,7 +45,7 @@ from walstream.errors import (
     ServerError,
 )
 from walstream.lsn import LSN
-from walstream.protocol.replication import PrimaryKeepalive, XLogData
+from walstream.protocol.replication import XLogData
 from walstream.protocol.standby import StatusPolicy
 from walstream.recovery_options import add_target_arguments, target_from_arguments
 from walstream.wal.directory import Compression, DirectoryMismatch, WalDirectory
@@ -421,6 +421,24 @@ class WalReceiver:
         ticker = asyncio.create_task(self._status_ticker())
         endpos = self.options.endpos
         timeline = self._timeline or 1
+
+        def inline(events: list[StreamEvent]) -> bool:
+            # What one turn of the loop below does, when it needs no await:
+            # a small batch, written and fsynced in place (see _write_now).
+            if self._stop.is_set():
+                return False
+            chunks, reply = self._take(events)
+            if reply and self.policy.report_flush:
+                return False  # answered after a flush: the loop below
+            if chunks and not self._write_now(directory, chunks, timeline):
+                return False
+            if reply:
+                self.policy.reply_requested()
+            self._send_due_status()
+            return True
+
+        if self.options.synchronous and endpos is None:
+            stream.handle_inline(inline)
         try:
             self._send_due_status()
             while True:
@@ -436,17 +454,7 @@ class WalReceiver:
                     await self._flush(directory)
                     await stream.end()
                     return "stopped"
-                chunks: list[XLogData] = []
-                reply = False
-                for ev in events:
-                    if isinstance(ev, XLogData):
-                        chunks.append(ev)
-                        if ev.wal_end > self._server_wal_end:
-                            self._server_wal_end = ev.wal_end
-                    elif isinstance(ev, PrimaryKeepalive):
-                        if ev.wal_end > self._server_wal_end:
-                            self._server_wal_end = ev.wal_end
-                        reply = reply or ev.reply_requested
+                chunks, reply = self._take(events)
                 if chunks:
                     await self._write(directory, chunks, timeline)
                 if reply:
@@ -461,10 +469,60 @@ class WalReceiver:
                     log.info("end position %s reached", endpos)
                     return "done"
         finally:
+            stream.handle_inline(None)
             ticker.cancel()
             self._stream = None
 
+    def _take(self, events: list[StreamEvent]) -> tuple[list[XLogData], bool]:
+        """The batch's WAL, and whether a keepalive asked for a reply."""
+        chunks: list[XLogData] = []
+        reply = False
+        for ev in events:
+            if ev.wal_end > self._server_wal_end:
+                self._server_wal_end = ev.wal_end
+            if isinstance(ev, XLogData):
+                chunks.append(ev)
+            elif ev.reply_requested:
+                reply = True
+        return chunks, reply
+
+    def _write_now(self, directory: WalDirectory, chunks: list[XLogData], timeline: int) -> bool:
+        """Write a batch in place if that needs no disk thread; False (nothing done) if it does.
+
+        Synchronous: a batch up to _INLINE_SYNC_BYTES is written and fsynced
+        here. A commit waits on this round trip, and a thread hand-off per
+        batch cost measurable TPS; pg_receivewal blocks the same way.
+        Otherwise: a batch that is only a copy into the page cache (no fsync,
+        padding or rename), as pg_receivewal does; a thread hand-off per batch
+        cost more than the write itself (measured in catch-up).
+        """
+        start = chunks[0].data_start
+        size = chunks[-1].data_end - start
+        synchronous = self.options.synchronous
+        if size > _INLINE_SYNC_BYTES if synchronous else not directory.fits(start, size, timeline):
+            return False
+        self._accept(chunks)
+        directory.write_chunks(start, [ev.data for ev in chunks], timeline)
+        self._written(directory, chunks[-1].data_end, directory.sync() if synchronous else None)
+        return True
+
     async def _write(self, directory: WalDirectory, chunks: list[XLogData], timeline: int) -> None:
+        if self._write_now(directory, chunks, timeline):
+            return
+        self._accept(chunks)
+        start = chunks[0].data_start
+        pieces = [ev.data for ev in chunks]
+        synchronous = self.options.synchronous
+
+        def write_batch() -> LSN | None:
+            # The batch is contiguous (checked): one system call for it.
+            directory.write_chunks(start, pieces, timeline)
+            return directory.sync() if synchronous else None
+
+        self._written(directory, chunks[-1].data_end, await self._in_disk_thread(write_batch))
+
+    def _accept(self, chunks: list[XLogData]) -> None:
+        """Check that the batch continues the stream; the startup role starts decoding it."""
         for ev in chunks:
             if ev.data_start != self._expected:
                 raise ProtocolViolation(
@@ -472,33 +530,11 @@ class WalReceiver:
                     "the stream has a gap"
                 )
             self._expected = ev.data_end
-
-        start = chunks[0].data_start
-        pieces = [ev.data for ev in chunks]
-        synchronous = self.options.synchronous
         # The startup role decodes while the batch is written and fsynced; it
-        # applies the records once they are durable (the second offer below).
+        # applies the records once they are durable (the offer in _written).
         self._offer_replay(chunks)
 
-        def write_batch() -> LSN | None:
-            # The batch is contiguous (checked above): one system call for it.
-            directory.write_chunks(start, pieces, timeline)
-            return directory.sync() if synchronous else None
-
-        size = chunks[-1].data_end - start
-        if synchronous and size <= _INLINE_SYNC_BYTES:
-            # A commit waits on this round trip: a thread hand-off per batch cost
-            # measurable TPS. Small batches are written and fsynced in place.
-            flushed = write_batch()
-        elif not synchronous and directory.fits(start, size, timeline):
-            # Only a copy into the page cache (no fsync, padding or rename):
-            # done in place, as pg_receivewal does; a thread hand-off per batch
-            # cost more than the write itself (measured in catch-up).
-            directory.write_chunks(start, pieces, timeline)
-            flushed = None
-        else:
-            flushed = await self._in_disk_thread(write_batch)
-        end = chunks[-1].data_end
+    def _written(self, directory: WalDirectory, end: LSN, flushed: LSN | None) -> None:
         self.policy.received(end)
         self._update_rate(end)
         self.policy.flushed(directory.flushed if flushed is None else flushed)
@@ -532,7 +568,7 @@ class WalReceiver:
         update = self.policy.poll(time.monotonic(), time.time())
         if update is not None:
             try:
-                stream.send_status(update.write, update.flush, update.apply)
+                stream.send_update(update)
             except Error as e:
                 log.debug("status update not sent: %s", e)
 
