@@ -173,5 +173,9 @@ async def test_inline_handler_error_is_raised_by_the_pending_read() -> None:
     reader = asyncio.ensure_future(stream.read())
     await asyncio.sleep(0)
     _feed(wire, _wal(server, 0x3000000))
+    # More WAL before the reader runs: it must not be handed on after the
+    # batch that failed (found by the disk-full test: a write with no file).
+    _feed(wire, _wal(server, 0x3000064))
+    assert not wire.events
     with pytest.raises(DiskError, match="No space left"):
         await reader

@@ -176,6 +176,8 @@ class _Wire(asyncio.BufferedProtocol):
             self.data_received(self._rview[start:cut])
 
     def data_received(self, data: bytes | memoryview) -> None:
+        if self.failure is not None:
+            return  # the connection failed (and was aborted): what follows is moot
         try:
             events = self.machine.receive_data(data)
         except Error as e:
@@ -192,7 +194,11 @@ class _Wire(asyncio.BufferedProtocol):
                     if self.inline(events):
                         return
                 except Exception as e:  # the consumer's own error: its next_batch raises it
+                    # Nothing after it may be handled (it would skip what failed),
+                    # so the connection ends here, as on a protocol violation.
                     self._fail(e)
+                    if self.transport is not None:
+                        self.transport.abort()
                     return
             self.events.extend(events)
             self._wake()
