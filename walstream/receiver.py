@@ -497,13 +497,16 @@ class WalReceiver:
         cost more than the write itself (measured in catch-up).
         """
         start = chunks[0].data_start
-        size = chunks[-1].data_end - start
+        end = chunks[-1].data_end
         synchronous = self.options.synchronous
-        if size > _INLINE_SYNC_BYTES if synchronous else not directory.fits(start, size, timeline):
+        if synchronous:
+            if end - start > _INLINE_SYNC_BYTES:
+                return False
+        elif not directory.fits(start, end - start, timeline):
             return False
         self._accept(chunks)
         directory.write_chunks(start, [ev.data for ev in chunks], timeline)
-        self._written(directory, chunks[-1].data_end, directory.sync() if synchronous else None)
+        self._written(directory, end, directory.sync() if synchronous else None)
         return True
 
     async def _write(self, directory: WalDirectory, chunks: list[XLogData], timeline: int) -> None:
