@@ -539,8 +539,10 @@ class WalReceiver:
 
     def _written(self, directory: WalDirectory, end: LSN, flushed: LSN | None) -> None:
         self.policy.received(end)
-        self._update_rate(end)
         self.policy.flushed(directory.flushed if flushed is None else flushed)
+        # The status update first: in synchronous mode a commit waits for it.
+        self._send_due_status()
+        self._update_rate(end)
         self._offer_replay([])
 
     def _offer_replay(self, chunks: list[XLogData]) -> None:
