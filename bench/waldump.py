@@ -30,6 +30,11 @@ Timed, in interleaved rounds (the order alternates, medians reported):
   table), which is the apples-to-apples comparison with pg_waldump. By
   default it scans long ranges in parallel parts (2 per CPU); the same with
   ``WALSTREAM_WALDUMP_JOBS=1`` (one process, like pg_waldump) is timed too;
+* ``pure-Python floor``: a lower bound for any pure-Python verifier, not
+  a decoder: per record only the header unpack and the two ``crc32c``
+  calls of its CRC, walking the length chain inside pages, no other check
+  (see ``python_floor``). It shows how far interpreted Python can go with
+  the C CRC on this machine, whatever the decoder does;
 * with ``--before DIR``, the CLI of another checkout of walstream (e.g.
   ``git archive <commit> walstream | tar -x -C DIR``), for before/after.
 
@@ -46,6 +51,7 @@ import argparse
 import os
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -55,7 +61,7 @@ from pathlib import Path
 
 from walstream.embedded import PgCluster, find_bindir
 from walstream.lsn import LSN
-from walstream.wal.crc import HAVE_C_CRC32C
+from walstream.wal.crc import HAVE_C_CRC32C, crc32c
 from walstream.wal.decoder import RecordStats, WalDecoder
 from walstream.wal.segment import segment_name
 
@@ -114,6 +120,47 @@ def decode_verify(waldir: Path, start: LSN, end: LSN) -> tuple[int, float]:
                     break
         dec.scan_stats(stats)
     return stats.total, time.perf_counter() - began
+
+
+_FLOOR_HEAD = struct.Struct("<I4xQ4xI")  # xl_tot_len, xl_prev, xl_crc
+_PAGE_REM = struct.Struct("<2xH12xI")  # xlp_info, xlp_rem_len
+
+
+def python_floor(waldir: Path, start: LSN, end: LSN) -> tuple[int, float]:
+    """A lower bound for any pure-Python verifier: the least work per record, nothing else.
+
+    Per record one ``struct`` unpack of its header and the two ``crc32c``
+    calls of its CRC, walking the xl_tot_len chain inside each page; no
+    page-header, xl_prev, length or block checks, no statistics, and records
+    that cross a page are skipped (they would cost more). Whatever a full
+    decoder adds comes on top of this.
+    """
+    began = time.perf_counter()
+    head = _FLOOR_HEAD.unpack_from
+    page_rem = _PAGE_REM.unpack_from
+    crc = crc32c
+    count = 0
+    pos = start - start % SEG
+    while pos < end:
+        with open(waldir / segment_name(1, pos // SEG, SEG), "rb") as f:
+            buf = f.read(min(SEG, end - pos))
+        pos += len(buf)
+        for page in range(0, len(buf) - 8191, 8192):
+            info, rem = page_rem(buf, page)
+            i = page + (40 if page == 0 else 24)
+            if info & 1:  # XLP_FIRST_IS_CONTRECORD: the record continued from before
+                i += (rem + 7) & ~7
+            lim = page + 8192 - 24
+            while i <= lim:
+                tot_len, _prev, want = head(buf, i)
+                e = i + tot_len
+                if tot_len < 24 or e > page + 8192:
+                    break
+                if crc(buf[i : i + 20], crc(buf[i + 24 : e])) != want:
+                    raise SystemExit(f"floor: bad CRC at {LSN(pos - len(buf) + i)}")
+                count += 1
+                i = (e + 7) & ~7
+    return count, time.perf_counter() - began
 
 
 def run_timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[str, float]:
@@ -184,6 +231,7 @@ def main() -> None:
                 "decode+verify": lambda a=a, b=b: decode_verify(waldir, a, b)[1],  # type: ignore[misc]
                 "walstream waldump --stats": lambda c=py_cmd: run_timed(c)[1],  # type: ignore[misc]
                 "  ... one process": lambda c=py_cmd: run_timed(c, serial)[1],  # type: ignore[misc]
+                "pure-Python floor": lambda a=a, b=b: python_floor(waldir, a, b)[1],  # type: ignore[misc]
             }
             if args.before is not None:
                 old = {**os.environ, "PYTHONPATH": str(args.before)}
