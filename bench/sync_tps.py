@@ -5,7 +5,7 @@ Run: ``python bench/sync_tps.py [--rounds 3] [--seconds 10] [--alone]``
 One throwaway PostgreSQL 15 primary with both receivers connected at once
 (``--synchronous``, each with its own application_name); each round names one
 of them in ``synchronous_standby_names`` (ALTER SYSTEM + reload, as in the
-shared baselines), then runs ``pgbench -c 8 -j 2 -T SECONDS`` with
+shared baselines), then runs ``pgbench -c CLIENTS -j 2 -T SECONDS`` with
 synchronous_commit = on. Rounds alternate the order; medians and the ratio
 are printed.
 
@@ -35,6 +35,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=8,
+        help="pgbench clients (default 8, the issue's; fewer leave the two cores some idle time)",
+    )
     parser.add_argument(
         "--alone",
         action="store_true",
@@ -92,7 +98,9 @@ def main() -> int:
                     "SELECT sync_state FROM pg_stat_replication "
                     f"WHERE application_name = 'bench_{name}'"
                 )
-                out = cluster.pgbench("-c", "8", "-j", "2", "-T", str(args.seconds), timeout=600)
+                out = cluster.pgbench(
+                    "-c", str(args.clients), "-j", "2", "-T", str(args.seconds), timeout=600
+                )  # fmt: skip
                 m = re.search(r"tps = ([0-9.]+)", out)
                 assert m, out
                 tps[name].append(float(m.group(1)))
