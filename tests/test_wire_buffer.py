@@ -179,3 +179,16 @@ async def test_inline_handler_error_is_raised_by_the_pending_read() -> None:
     assert not wire.events
     with pytest.raises(DiskError, match="No space left"):
         await reader
+
+
+async def test_inline_handler_is_not_offered_to_other_waits() -> None:
+    """Only a pending read(): end() collecting the command's result takes events one by one."""
+    wire, server = _streaming_wire()
+    stream = ReplicationStream(cast(ReplicationConnection, SimpleNamespace(_wire=wire)), LSN(0))
+    taken: list[list[StreamEvent]] = []
+    stream.handle_inline(lambda batch: taken.append(batch) is None)
+    waiting = asyncio.ensure_future(wire.next_event())
+    await asyncio.sleep(0)
+    _feed(wire, _wal(server, 0x3000000))
+    assert taken == []
+    assert isinstance(await waiting, XLogData)

@@ -116,6 +116,7 @@ class _Wire(asyncio.BufferedProtocol):
         # A consumer's handler for batches that arrive while it waits in
         # next_batch (see ReplicationStream.handle_inline).
         self.inline: Callable[[list[ClientEvent]], bool] | None = None
+        self._batch_pending = False  # a next_batch is waiting (not next_event)
         self._rbuf = bytearray(_READ_SIZE)
         self._rview = memoryview(self._rbuf)
         # _rbuf[_start:_end] holds the start of a message not yet complete;
@@ -187,7 +188,12 @@ class _Wire(asyncio.BufferedProtocol):
             return
         if events:
             waiter = self._waiter
-            if self.inline is not None and waiter is not None and not waiter.done():
+            if (
+                self.inline is not None
+                and self._batch_pending
+                and waiter is not None
+                and not waiter.done()
+            ):
                 # The consumer is idle in next_batch, so nothing it has not seen
                 # comes before these events: it may take them right here.
                 try:
@@ -273,8 +279,12 @@ class _Wire(asyncio.BufferedProtocol):
 
         At least one event, unless :meth:`interrupt` was called.
         """
-        if not await self._wait(interruptible=True):
-            return []
+        self._batch_pending = True
+        try:
+            if not await self._wait(interruptible=True):
+                return []
+        finally:
+            self._batch_pending = False
         batch = list(self.events)
         self.events.clear()
         self._resume_if_drained()
@@ -568,7 +578,7 @@ class ReplicationStream:
     def handle_inline(self, handler: Callable[[list[StreamEvent]], bool] | None) -> None:
         """Offer batches to ``handler`` in the transport's read callback itself.
 
-        While a :meth:`read` is pending, a batch of only XLogData and
+        While a :meth:`read` is pending (not :meth:`end`), a batch of only XLogData and
         keepalives goes to ``handler`` first; if it returns True the batch is
         consumed and the read goes on waiting. Anything else, or False, takes
         the normal path to :meth:`read`, in order. An exception from
