@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -286,3 +287,36 @@ def test_quorum_standby(pg_factory, tmp_path: Path) -> None:  # type: ignore[no-
         cluster.psql("CREATE TABLE q(x int); INSERT INTO q VALUES (1)")
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
+
+
+@pytest.mark.parametrize("mode", ["synchronous", "plain"])
+def test_keepalive_replies_keep_wal_sender_timeout_away(  # type: ignore[no-untyped-def]
+    pg_factory, tmp_path: Path, mode: str
+) -> None:
+    """With status updates every 10 s and wal_sender_timeout 1 s, only the answers to the
+    keepalives that ask for a reply keep the walsender from dropping the connection.
+
+    In synchronous mode an idle stream's keepalive is answered in the read callback
+    (nothing is left to fsync), otherwise by the receive loop.
+    """
+    app = f"ws_keepalive_{mode}"
+    cluster: PgCluster = pg_factory(15, wal_segsize_mb=1)
+    cluster.set_conf(wal_sender_timeout="1s")
+    extra = ["--synchronous"] if mode == "synchronous" else []
+    cmd = _receiver_cmd("-d", f"{cluster.conninfo('trust_user')} application_name={app}",
+                        "-D", str(tmp_path), "-s", "10", *extra)  # fmt: skip
+    query = f"SELECT pid, reply_time FROM pg_stat_replication WHERE application_name = '{app}'"
+    with _running(cmd) as proc:
+        wait_until(lambda: cluster.psql(query) != "", what="streaming")
+        cluster.psql("CREATE TABLE k(x int); INSERT INTO k VALUES (1)")  # a batch, then idle
+        pid, first_reply = cluster.psql(query).split("|")
+        replies = {first_reply}
+        deadline = time.monotonic() + 5  # five timeouts of idle stream
+        while time.monotonic() < deadline:
+            row = cluster.psql(query)
+            assert row.split("|")[0] == pid, f"the walsender dropped the connection: {row!r}"
+            replies.add(row.split("|")[1])
+            time.sleep(0.2)
+        assert len(replies) >= 4, replies  # answered about every wal_sender_timeout / 2
+        assert proc.poll() is None
+    assert "replication timeout" not in cluster.log_path.read_text()

@@ -428,8 +428,9 @@ class WalReceiver:
             if self._stop.is_set():
                 return False
             chunks, reply = self._take(events)
-            if reply and self.policy.report_flush:
+            if reply and self.policy.report_flush and not chunks and self._unflushed(directory):
                 return False  # answered after a flush: the loop below
+            # (With WAL in the batch, _write_now fsyncs everything before the reply.)
             if chunks and not self._write_now(directory, chunks, timeline):
                 return False
             if reply:
@@ -554,8 +555,13 @@ class WalReceiver:
             durable = self.policy.flush if self.options.sync else self.policy.write
             self._replayer.offer(((ev.data_start, ev.data) for ev in chunks), durable)
 
+    def _unflushed(self, directory: WalDirectory) -> bool:
+        return self.options.sync and directory.flushed < directory.written
+
     async def _flush(self, directory: WalDirectory) -> None:
-        if self.options.sync:
+        # Nothing written since the last fsync (every batch in synchronous
+        # mode): no disk-thread hop and no second fsync for a keepalive's reply.
+        if self._unflushed(directory):
             self.policy.flushed(await self._in_disk_thread(directory.sync))
             self._offer_replay([])
 
