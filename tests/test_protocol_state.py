@@ -27,6 +27,7 @@ from walstream.protocol.replication import (
     PrimaryKeepalive,
     StandbyStatusUpdate,
     XLogData,
+    decode_server_copy_data,
 )
 from walstream.protocol.server import ServerConnection, ServerEvent, ServerState
 
@@ -1173,3 +1174,17 @@ def test_server_closed_refuses_everything() -> None:
             lambda s: s.notice({}),
         ],
     )
+
+
+def test_xlog_data_past_the_end_of_the_wal_space_is_a_violation() -> None:
+    """A hostile or broken server: WAL ending beyond 2**64 could never be acknowledged."""
+    pair = Pair()
+    startup(pair)
+    start_streaming(pair)
+    last = XLogData(LSN(2**64 - 16), LSN(2**64 - 1), 0, bytes(15))  # ends at the last LSN
+    assert pair.to_client(pair.server.xlog_data(last)) == [last]
+    beyond = XLogData(LSN(2**64 - 16), LSN(2**64 - 1), 0, bytes(16))
+    with pytest.raises(ProtocolViolation, match="runs past the end of the WAL"):
+        pair.to_client(pair.server.xlog_data(beyond))
+    with pytest.raises(ProtocolViolation, match="runs past the end of the WAL"):
+        decode_server_copy_data(beyond.encode())

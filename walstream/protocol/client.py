@@ -23,9 +23,11 @@ from walstream.errors import LocalProtocolError, ProtocolViolation
 from walstream.lsn import LSN
 from walstream.protocol import messages as m
 from walstream.protocol.replication import (
+    MAX_LSN,
     XLOGDATA_HEADER,
     PrimaryKeepalive,
     XLogData,
+    check_xlog_range,
     decode_server_copy_data,
 )
 
@@ -282,13 +284,11 @@ class ClientConnection:
                 ):
                     # The hot path: one copy of the WAL bytes, no intermediate objects.
                     start, wal_end, send_time = XLOGDATA_HEADER.unpack_from(buf, pos + 6)
+                    data = pos + 5 + _XLOG_PREFIX
+                    if start + end - data > MAX_LSN:
+                        check_xlog_range(start, end - data)  # raises
                     events.append(
-                        XLogData(
-                            LSN(start),
-                            LSN(wal_end),
-                            send_time,
-                            mv[pos + 5 + _XLOG_PREFIX : end].tobytes(),
-                        )
+                        XLogData(LSN(start), LSN(wal_end), send_time, mv[data:end].tobytes())
                     )
                 else:
                     msg = m.decode_backend(mtype, mv[pos + 5 : end].tobytes())

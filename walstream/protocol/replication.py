@@ -19,11 +19,13 @@ from walstream.errors import ProtocolViolation
 from walstream.lsn import LSN
 
 __all__ = [
+    "MAX_LSN",
     "POSTGRES_EPOCH_UNIX",
     "HotStandbyFeedback",
     "PrimaryKeepalive",
     "StandbyStatusUpdate",
     "XLogData",
+    "check_xlog_range",
     "datetime_from_pg",
     "decode_client_copy_data",
     "decode_server_copy_data",
@@ -31,6 +33,7 @@ __all__ = [
     "unix_from_pg_time",
 ]
 
+MAX_LSN: Final = 0xFFFFFFFFFFFFFFFF
 POSTGRES_EPOCH_UNIX: Final = 946684800  # 2000-01-01 00:00:00 UTC as a Unix time
 _PG_EPOCH: Final = datetime(2000, 1, 1, tzinfo=UTC)
 
@@ -115,6 +118,18 @@ class HotStandbyFeedback:
         )
 
 
+def check_xlog_range(start: int, size: int) -> None:
+    """A peer's XLogData must end inside the 64-bit WAL address space.
+
+    Otherwise its end position could not be sent back in a status update
+    (struct would fail there, far from the cause).
+    """
+    if start + size > MAX_LSN:
+        raise ProtocolViolation(
+            f"XLogData at {LSN(start)} with {size} bytes runs past the end of the WAL"
+        )
+
+
 def decode_server_copy_data(payload: bytes) -> XLogData | PrimaryKeepalive:
     """Decode a CopyData payload sent by a walsender."""
     kind = payload[:1]
@@ -122,7 +137,9 @@ def decode_server_copy_data(payload: bytes) -> XLogData | PrimaryKeepalive:
         if len(payload) < 1 + XLOGDATA_HEADER.size:
             raise ProtocolViolation(f"XLogData message too short ({len(payload)} bytes)")
         start, end, t = XLOGDATA_HEADER.unpack_from(payload, 1)
-        return XLogData(LSN(start), LSN(end), t, payload[1 + XLOGDATA_HEADER.size :])
+        data = payload[1 + XLOGDATA_HEADER.size :]
+        check_xlog_range(start, len(data))
+        return XLogData(LSN(start), LSN(end), t, data)
     if kind == b"k":
         if len(payload) != 1 + _KEEPALIVE.size:
             raise ProtocolViolation(f"keepalive message has {len(payload)} bytes, expected 18")
