@@ -14,6 +14,9 @@ at the same moments as the measured one, and the later of the two fsyncs
 queues behind the other: this penalises whichever tool answers later. With
 ``--alone`` only the measured receiver is connected (started fresh for each
 run, same directory carried over), which measures each tool on its own.
+``--floor`` (with ``--alone``) adds ``bench/sync_floor.py``: a blocking
+pure-Python loop doing only recv, pwritev, fsync and the reply, a bound on
+what any Python receiver can reach here.
 """
 
 from __future__ import annotations
@@ -46,10 +49,17 @@ def main() -> int:
         action="store_true",
         help="connect only the measured receiver in each run (default: both stay connected)",
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also time bench/sync_floor.py, the least a Python standby must do (with --alone)",
+    )
     args = parser.parse_args()
+    if args.floor and not args.alone:
+        parser.error("--floor goes with --alone (a third receiver would change the other runs)")
     cluster = PgCluster.create(15, conf={"max_wal_size": "'4GB'"})
     work = Path(tempfile.mkdtemp(prefix="walstream-bench-"))
-    procs: list[subprocess.Popen[str]] = []
+    procs: list[subprocess.Popen[bytes]] = []
     try:
         cluster.pgbench("-i", "-s", "10", "-q")
         conninfo = cluster.conninfo("trust_user")
@@ -57,7 +67,9 @@ def main() -> int:
             "walstream": [sys.executable, "-m", "walstream.receiver"],
             "pg_receivewal": [str(cluster.program("pg_receivewal"))],
         }
-        started: dict[str, subprocess.Popen[str]] = {}
+        if args.floor:
+            tools["python_floor"] = [sys.executable, str(Path(__file__).with_name("sync_floor.py"))]
+        started: dict[str, subprocess.Popen[bytes]] = {}
 
         def start(name: str) -> None:
             full = [*tools[name], "-d", f"{conninfo} application_name=bench_{name}"]
@@ -110,12 +122,15 @@ def main() -> int:
                     proc.terminate()
                     proc.wait(30)
                     wait_connected(0)
-        ours, theirs = (statistics.median(tps[n]) for n in tools)
+        ours, theirs = (statistics.median(tps[n]) for n in ("walstream", "pg_receivewal"))
         per_round = [o / t for o, t in zip(tps["walstream"], tps["pg_receivewal"], strict=True)]
         print(f"median: walstream {ours:.0f} tps, pg_receivewal {theirs:.0f} tps; "
               f"ratio {ours / theirs:.2f}x (per round: "
               f"{', '.join(f'{r:.2f}' for r in per_round)}; "
               f"median {statistics.median(per_round):.2f})")  # fmt: skip
+        if args.floor:
+            floor = statistics.median(tps["python_floor"])
+            print(f"python_floor {floor:.0f} tps: {floor / theirs:.2f}x pg_receivewal")
     finally:
         for proc in procs:
             proc.terminate()
