@@ -632,17 +632,30 @@ def _gather(
     base: int,
     pos: int,
     tot_len: int,
+    *,
+    split: bool,
+    prev: int,
+    want: int,
+    special: bytes,
+    max_len: int,
     magic: int | None,
     tli: int,
     seg_mask: int,
-) -> tuple[bytes, int, int] | None:
-    """Reassemble the record at ``pos`` that continues on the following pages, for the fast
-    paths: each page must be a plain continuation page (short header, flags
-    FIRST_IS_CONTRECORD with or without BKP_REMOVABLE, the expected address and
-    timeline, a remaining length that agrees) within the same segment and the
-    fed data. Returns (record bytes, the LSN after its last page, the bytes taken
-    from that page), or None when anything differs: the general path decides then.
+) -> tuple[bytes, tuple[int, int, int, int, int, int], int, int] | None:
+    """Reassemble and verify the record at ``pos`` that continues on the following pages,
+    for the fast paths: each page must be a plain continuation page (short
+    header, flags FIRST_IS_CONTRECORD with or without BKP_REMOVABLE, the
+    expected address and timeline, a remaining length that agrees) within the
+    same segment and the fed data. A header that was itself ``split`` across
+    pages is checked here once whole (``xl_prev``, not a special record), and
+    the CRC against ``want`` (or the header's own when split).
+
+    Returns (record bytes, its header as ``_RECORD`` unpacks it, the start of
+    its last page, the position after the record), or None when anything
+    differs: the general path decides then.
     """
+    if tot_len > max_len:
+        return None
     off = pos & 8191
     i = pos - base
     n = len(buf)
@@ -666,7 +679,16 @@ def _gather(
         pieces.append(mv[pi + 24 : pi + 24 + take])
         got += take
         page += 8192
-    return b"".join(pieces), page, take
+    rec = b"".join(pieces)
+    header: tuple[int, int, int, int, int, int] = _RECORD.unpack_from(rec, 0)
+    if split:
+        _, _, xl_prev, info, rmid, want = header
+        if xl_prev != prev or special[rmid << 8 | info]:
+            return None
+    if crc32c(rec[:20], crc32c(memoryview(rec)[24:])) != want:
+        return None
+    page -= 8192
+    return rec, header, page, page + 24 + ((take + 7) & ~7)
 
 
 class _Assembly:
@@ -922,21 +944,15 @@ class WalDecoder:
                     page = -1
                 else:
                     # Continued on plain continuation pages (see _gather).
-                    if tot_len > max_len:
-                        break
-                    gathered = gather(buf, mv, base, pos, tot_len, magic, tli, seg_mask)
+                    gathered = gather(
+                        buf, mv, base, pos, tot_len, split=split, prev=prev, want=want,
+                        special=special, max_len=max_len, magic=magic, tli=tli,
+                        seg_mask=seg_mask,
+                    )  # fmt: skip
                     if gathered is None:
                         break
-                    rbuf, page, take = gathered
-                    if split:
-                        _, xid, xl_prev, info, rmid, want = unpack(rbuf, 0)
-                        if xl_prev != prev or special[rmid << 8 | info]:
-                            break
-                    if crc(rbuf[:20], crc(memoryview(rbuf)[24:])) != want:
-                        break
+                    rbuf, (_, xid, xl_prev, info, rmid, _), page, end = gathered
                     ri = 0
-                    page -= 8192
-                    end = page + 24 + ((take + 7) & ~7)
                 first = rbuf[ri + 24] if tot_len >= 26 else -1  # (never past the record)
                 if first == XLR_BLOCK_ID_DATA_SHORT and tot_len == 26 + rbuf[ri + 25]:
                     # Main data only (commits, running-xacts, most non-page records).
@@ -1133,24 +1149,19 @@ class WalDecoder:
                         end = pos + ((tot_len + 7) & ~7)
                     else:
                         # Continued on the next pages (see _gather).
-                        if tot_len > max_len:
-                            break
-                        gathered = gather(buf, mv, base, pos, tot_len, magic, tli, seg_mask)
+                        gathered = gather(
+                            buf, mv, base, pos, tot_len, split=split, prev=prev, want=want,
+                            special=special, max_len=max_len, magic=magic, tli=tli,
+                            seg_mask=seg_mask,
+                        )  # fmt: skip
                         if gathered is None:
                             break
-                        rec, page, take = gathered
-                        if split:
-                            _, xl_prev, key, want = head(rec, 0)
-                            if xl_prev != prev or special[key]:
-                                break
-                        if crc(rec[:20], crc(memoryview(rec)[24:])) != want:
-                            break
+                        rec, (_, _, _, info, rmid, _), page, end = gathered
+                        key = rmid << 8 | info
                         fpi = body_fpi(rec, 0, tot_len, v15, top_ok)
                         if fpi < 0:
                             break
-                        page -= 8192
                         page_ok = latest_page = page
-                        end = page + 24 + ((take + 7) & ~7)
                     acc[key] += tot_len + _COUNT_ONE
                     fpis[key] += fpi
                     prev = pos
