@@ -182,9 +182,7 @@ class _Wire(asyncio.BufferedProtocol):
         try:
             events = self.machine.receive_data(data)
         except Error as e:
-            self._fail(e)
-            if self.transport is not None:
-                self.transport.abort()
+            self._abort(e)
             return
         if events:
             waiter = self._waiter
@@ -202,9 +200,7 @@ class _Wire(asyncio.BufferedProtocol):
                 except Exception as e:  # the consumer's own error: its next_batch raises it
                     # Nothing after it may be handled (it would skip what failed),
                     # so the connection ends here, as on a protocol violation.
-                    self._fail(e)
-                    if self.transport is not None:
-                        self.transport.abort()
+                    self._abort(e)
                     return
             self.events.extend(events)
             self._wake()
@@ -230,6 +226,12 @@ class _Wire(asyncio.BufferedProtocol):
             detail = f": {exc}" if exc else ""
             self.failure = ConnectError(f"server closed the connection unexpectedly{detail}")
         self._wake()
+
+    def _abort(self, exc: BaseException) -> None:
+        """Fail the connection and drop it: nothing more may be read from it."""
+        self._fail(exc)
+        if self.transport is not None:
+            self.transport.abort()
 
     def _fail(self, exc: BaseException) -> None:
         if self.failure is None:
