@@ -8,8 +8,10 @@ synchronous standby must do per batch: ``recv_into``, frame the CopyData
 messages, ``pwritev`` the XLogData payloads into one preallocated file,
 ``fsync``, send the status update. No event loop, no state machine after
 the handshake, no checks, no segment files (the WAL is written modulo
-256 MB). A real receiver only adds to this, so the TPS it gets is as far as
-interpreted Python can go on the machine.
+256 MB). A real receiver only adds work to this, so it shows how far less
+Python goes. It is no strict bound: with the receivers pinned to a core of
+their own (``sync_tps.py --pin``) it ran slower than walstream (see
+bench/README.md).
 """
 
 from __future__ import annotations

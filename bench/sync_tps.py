@@ -17,11 +17,17 @@ run, same directory carried over), which measures each tool on its own.
 ``--floor`` (with ``--alone``) adds ``bench/sync_floor.py``: a blocking
 pure-Python loop doing only recv, pwritev, fsync and the reply, a bound on
 what any Python receiver can reach here.
+
+``--pin`` puts the primary (postmaster and every process it forks) and
+pgbench on CPU 0 and the receivers on CPU 1: a standby with a core of its
+own, as on a machine of its own, where its CPU time is not taken from the
+primary's backends. Without it all of them share both cores.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import statistics
@@ -32,6 +38,19 @@ import time
 from pathlib import Path
 
 from walstream.embedded import PgCluster
+
+
+def _pin_primary(datadir: Path, cpus: set[int]) -> None:
+    """Pin the running postmaster and its children; what it forks later inherits it."""
+    postmaster = int((datadir / "postmaster.pid").read_text().split()[0])
+    os.sched_setaffinity(postmaster, cpus)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == postmaster:
+            os.sched_setaffinity(int(stat.parent.name), cpus)
 
 
 def main() -> int:
@@ -54,10 +73,19 @@ def main() -> int:
         action="store_true",
         help="also time bench/sync_floor.py, the least a Python standby must do (with --alone)",
     )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="primary and pgbench on CPU 0, the receivers on CPU 1 (a standby with its own core)",
+    )
     args = parser.parse_args()
     if args.floor and not args.alone:
         parser.error("--floor goes with --alone (a third receiver would change the other runs)")
+    if args.pin:
+        os.sched_setaffinity(0, {0})  # pgbench, psql and (below) the primary inherit this
     cluster = PgCluster.create(15, conf={"max_wal_size": "'4GB'"})
+    if args.pin:
+        _pin_primary(cluster.datadir, {0})
     work = Path(tempfile.mkdtemp(prefix="walstream-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -74,7 +102,9 @@ def main() -> int:
         def start(name: str) -> None:
             full = [*tools[name], "-d", f"{conninfo} application_name=bench_{name}"]
             proc = subprocess.Popen(
-                [*full, "-D", str(work / name), "--synchronous"], stderr=subprocess.DEVNULL
+                [*full, "-D", str(work / name), "--synchronous"],
+                stderr=subprocess.DEVNULL,
+                preexec_fn=(lambda: os.sched_setaffinity(0, {1})) if args.pin else None,
             )
             procs.append(proc)
             started[name] = proc
