@@ -56,3 +56,19 @@ def test_replay_progress_is_reported_promptly() -> None:
     update = p.poll(0.5, 0.0)
     assert update is not None
     assert update.apply == LSN(0x80)
+
+
+def test_rewind_brings_positions_past_a_fork_back_and_reports_at_once() -> None:
+    p = StatusPolicy(interval=10.0, report_on_flush=True)
+    p.received(0xB00000)
+    p.flushed(0xA00000)
+    p.applied(0x900000)
+    p.poll(0.0, 0.0)
+    p.rewind(0x950000)
+    assert (p.write, p.flush, p.apply) == (0x950000, 0x950000, 0x900000)
+    update = p.poll(1.0, 0.0)
+    assert update is not None
+    assert (update.write, update.flush) == (0x950000, 0x950000)
+    p.received(0x960000)
+    p.flushed(0x960000)  # the next flush on the new timeline is reported at once again
+    assert p.poll(2.0, 0.0) is not None

@@ -311,9 +311,22 @@ class WalReceiver:
                 fork = await self._fork_point(conn, e, timeline)
                 if fork is None:
                     raise
-                start = LSN(segment_start(fork, seg_size))
-                log.warning("%s; restarting at the fork point's segment %s", e.message, start)
+                switchpoint, timeline = fork
+                start = LSN(segment_start(switchpoint, seg_size))
+                log.warning(
+                    "%s; it left our timeline at %s: continuing on timeline %d at %s",
+                    e.message,
+                    switchpoint,
+                    timeline,
+                    start,
+                )
                 await self._close_directory(keep=True)
+                # What we received past the fork is not in this server's
+                # history (it stays in the old timeline's files): reporting it
+                # would release commits and advance a slot over WAL we never
+                # had, and a reconnect would resume past a gap.
+                directory.rewind(start)
+                self.policy.rewind(start)
                 continue
             if stream.server_ended:
                 # Resuming at a segment start that is the switch point itself:
@@ -389,14 +402,14 @@ class WalReceiver:
 
     async def _fork_point(
         self, conn: ReplicationConnection, error: ServerError, timeline: int
-    ) -> LSN | None:
-        """Where our timeline left the server's history, if that is what the server said.
+    ) -> tuple[LSN, int] | None:
+        """Where our timeline left the server's history, and the timeline that followed it.
 
         pg_receivewal stops for good with "requested starting point ... is not
         in this server's history" after a failover that lost WAL we had
         received; the server's history says where its timeline forked from
         ours, and streaming that segment again on the new timeline loses
-        nothing (our extra WAL stays in the old timeline's .partial file).
+        nothing (our extra WAL stays in the old timeline's files).
         """
         if error.sqlstate != "XX000" or "is not in this server's history" not in error.message:
             return None
@@ -404,9 +417,10 @@ class WalReceiver:
         if server.timeline <= timeline:
             return None
         history = parse_history((await conn.timeline_history(server.timeline)).content)
-        for entry in history:
+        for i, entry in enumerate(history):
             if entry.parent_tli == timeline:
-                return entry.switchpoint
+                following = history[i + 1].parent_tli if i + 1 < len(history) else server.timeline
+                return entry.switchpoint, following
         return None
 
     # -- streaming ----------------------------------------------------------

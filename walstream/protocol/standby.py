@@ -78,6 +78,17 @@ class StatusPolicy:
             self.write, flush, self.apply, pg_time_from_unix(wall_clock), False
         )
 
+    def rewind(self, position: int) -> None:
+        """Positions past ``position`` come back to it: WAL there is no longer the stream's.
+
+        After a failover to a server whose history forked before what we had
+        received, only WAL up to the fork is its WAL too.
+        """
+        self.write, self.flush, self.apply = (
+            LSN(min(p, position)) for p in (self.write, self.flush, self.apply)
+        )
+        self._due = True
+
     def restart(self, start: int) -> None:
         """A new START_REPLICATION: positions carry over, the first update is due at once."""
         self.received(start)

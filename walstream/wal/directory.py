@@ -555,6 +555,16 @@ class WalDirectory:
         self.flushed = self.written
         return self.flushed
 
+    def rewind(self, lsn: int) -> None:
+        """Continue at ``lsn``, before what was written: the server's history forked there.
+
+        Files already written stay as they are; only the positions come back.
+        """
+        if self._seg is not None:
+            raise RuntimeError("rewind with a segment open")  # our bug: close() first
+        self.written = LSN(min(self.written, lsn))
+        self.flushed = LSN(min(self.flushed, lsn))
+
     def close(self) -> None:
         """Close the open segment without renaming it (it stays ``.partial``)."""
         seg, self._seg = self._seg, None
