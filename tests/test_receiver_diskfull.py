@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import errno
+import os
 import shutil
 import subprocess
 import sys
@@ -10,6 +13,9 @@ from pathlib import Path
 import pytest
 
 from walstream import LSN
+from walstream.protocol.replication import XLogData
+from walstream.receiver import ReceiverOptions, WalReceiver
+from walstream.wal.directory import DiskError
 from walstream.wal.segment import parse_segment_name
 
 from .pgcluster import PgCluster
@@ -58,6 +64,7 @@ def test_disk_full_then_resume(
     full = _receive(cluster, small_disk, *(until if first_run == "endpos" else ["--synchronous"]))
     assert full.returncode == 1
     assert "No space left on device" in full.stderr
+    assert "Traceback" not in full.stderr, full.stderr
     assert str(small_disk) in full.stderr  # names the file
     completed = [p for p in small_disk.iterdir() if ".partial" not in p.name]
     assert completed, "some segments fit before the disk filled"
@@ -77,3 +84,44 @@ def test_disk_full_then_resume(
     for path in roomy.iterdir():
         if ".partial" not in path.name:
             assert path.read_bytes() == (cluster.datadir / "pg_wal" / path.name).read_bytes()
+
+
+def test_a_batch_that_fails_after_completing_a_segment_still_ends_in_the_disk_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Segment 5 completes (durable), creating segment 6 fails: the positions stay consistent.
+
+    The directory's flush position was then ahead of the write position the
+    receiver had been told of, and closing the directory after the error
+    raised a ValueError over the DiskError.
+    """
+    real = os.posix_fallocate
+    calls = []
+
+    def fallocate(fd: int, offset: int, length: int) -> None:
+        calls.append(fd)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fd, offset, length)
+
+    monkeypatch.setattr(os, "posix_fallocate", fallocate)
+
+    async def run() -> WalReceiver:
+        receiver = WalReceiver(ReceiverOptions(directory=tmp_path, slot="s"))
+        directory = receiver._open_directory(SEG, 1, "0700")
+        base = LSN(5 * SEG)
+        receiver._expected = base
+        await receiver._write(directory, [XLogData(base, base, 0, b"\1" * (SEG - 8192))], 1)
+        tail = LSN(base + SEG - 8192)
+        batch = [
+            XLogData(tail, tail, 0, b"\2" * 8192),
+            XLogData(LSN(tail + 8192), tail, 0, b"\3" * 8192),
+        ]
+        with pytest.raises(DiskError, match="No space left on device"):
+            await receiver._write(directory, batch, 1)
+        await receiver._close_directory()  # what a session does after the error
+        return receiver
+
+    receiver = asyncio.run(run())
+    assert receiver.policy.flush == receiver.policy.write == 6 * SEG
+    assert (tmp_path / "000000010000000000000005").stat().st_size == SEG

@@ -615,6 +615,9 @@ class WalReceiver:
         if directory is None:
             return
         await self._in_disk_thread(directory.close)
+        # A batch that failed part-way (a full disk) may have written, even
+        # completed a segment, before the policy heard of it: it was received.
+        self.policy.received(directory.written)
         self.policy.flushed(directory.flushed)
         if not keep:
             self._directory = None
