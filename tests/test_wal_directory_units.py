@@ -37,20 +37,71 @@ def test_short_partial_from_a_crash_during_padding_is_repaired(
     assert not any(data[100:])
 
 
+_WAL = bytes(range(256)) * (SEG // 256)  # the same WAL, whichever stream sends it again
+
+
+def _gzip_partial(path: Path) -> bytes:
+    d = zlib.decompressobj(31)
+    out = d.decompress(path.read_bytes())
+    assert d.unused_data == b""  # pg_receivewal would leave an old stream's tail here
+    return out
+
+
 def test_reopened_gzip_partial_has_no_trailing_garbage(tmp_path: Path) -> None:
     gz = Compression.parse("gzip:5")
     first = WalDirectory(tmp_path, SEG, compression=gz)
-    first.write(3 * SEG, b"a" * 5000, 1)
+    first.write(3 * SEG, _WAL[:5000], 1)
     first.close()
     again = WalDirectory(tmp_path, SEG, compression=gz)
     assert again.find_start() == (LSN(3 * SEG), 1)
-    again.write(3 * SEG, b"b" * 300, 1)
+    again.write(3 * SEG, _WAL[:8000], 1)
     again.close()
-    raw = (tmp_path / f"{NAME}.gz.partial").read_bytes()
-    d = zlib.decompressobj(31)
-    assert d.decompress(raw) == b"b" * 300
-    assert d.eof
-    assert d.unused_data == b""  # pg_receivewal would leave the old stream's tail here
+    assert _gzip_partial(tmp_path / f"{NAME}.gz.partial") == _WAL[:8000]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{NAME}.gz.partial"]
+
+
+def test_a_rewrite_of_a_compressed_partial_never_holds_less_than_the_old_file(
+    tmp_path: Path,
+) -> None:
+    """The old file stays until the new one holds as much WAL, durably; a short one is dropped."""
+    gz = Compression.parse("gzip")
+    partial = tmp_path / f"{NAME}.gz.partial"
+    first = WalDirectory(tmp_path, SEG, compression=gz)
+    first.write(3 * SEG, _WAL[:5000], 1)
+    first.close()
+
+    short = WalDirectory(tmp_path, SEG, compression=gz)  # the stream breaks again soon
+    short.write(3 * SEG, _WAL[:300], 1)
+    short.sync()
+    assert _gzip_partial(partial) == _WAL[:5000]
+    short.close()
+    assert _gzip_partial(partial) == _WAL[:5000]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [partial.name]
+
+    crashed = WalDirectory(tmp_path, SEG, compression=gz)  # killed mid-rewrite: never closed
+    crashed.write(3 * SEG, _WAL[:4000], 1)
+    crashed.sync()
+    assert _gzip_partial(partial) == _WAL[:5000]
+
+    resumed = WalDirectory(tmp_path, SEG, compression=gz)
+    assert resumed.find_start() == (LSN(3 * SEG), 1)  # the leftover .tmp is no segment
+    resumed.write(3 * SEG, _WAL[:6000], 1)
+    resumed.sync()  # caught up and durable: it takes the old file's place
+    assert _gzip_partial(partial) == _WAL[:6000]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [partial.name]
+    resumed.write(3 * SEG + 6000, _WAL[6000:], 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{NAME}.gz"]
+
+
+def test_a_rewrite_that_completes_the_segment_replaces_the_partial(tmp_path: Path) -> None:
+    gz = Compression.parse("gzip")
+    first = WalDirectory(tmp_path, SEG, compression=gz)
+    first.write(3 * SEG, _WAL[:5000], 1)
+    first.close()
+    again = WalDirectory(tmp_path, SEG, compression=gz)
+    again.write(3 * SEG, _WAL, 1)  # no sync point on the way (default fsync rules)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{NAME}.gz"]
+    assert zlib.decompress((tmp_path / f"{NAME}.gz").read_bytes(), 31) == _WAL
 
 
 def test_wal_of_another_system_is_refused(tmp_path: Path) -> None:

@@ -18,7 +18,10 @@ can resume a directory the other wrote:
 Where pg_receivewal is fragile, this module is not: a ``.partial`` left short
 by a crash during pre-padding is padded again instead of failing forever; a
 reopened compressed ``.partial`` is rewritten from its start instead of
-accumulating trailing garbage; WAL of another system identifier is refused.
+accumulating trailing garbage, into ``NAME.partial.tmp`` that replaces it only
+once it durably holds as much WAL (a rewrite cut short is dropped, so the
+directory never holds less than before); WAL of another system identifier is
+refused.
 
 Threading contract: a WalDirectory is used by one thread at a time (the
 receiver runs all of it in one dedicated disk thread); ``written`` and
@@ -264,6 +267,10 @@ class _Segment:
     final: Path  # its name once complete
     pos: int  # uncompressed bytes written
     compressor: _Compressor | None
+    # A compressed .partial being rewritten goes to a temporary file first;
+    # the old one stays until the new one holds at least as much WAL.
+    replaces: Path | None = None
+    replaces_size: int = 0  # the old file's uncompressed bytes
 
 
 class WalDirectory:
@@ -456,12 +463,21 @@ class WalDirectory:
         final = self.path / name
         path = self.path / (name + ".partial")
         compressor = _compressor(self.compression)
+        replaces, replaces_size = None, 0
+        if compressor is not None and path.exists():
+            # Rewritten from the segment's start (a compressed stream cannot be
+            # continued in place), into a new file: writing over this one
+            # would leave trailing garbage, truncating it would lose its WAL
+            # if the new stream ends sooner.
+            replaces, path = path, path.with_name(path.name + ".tmp")
+            try:
+                replaces_size = len(read_wal_file(replaces))
+            except Exception as e:  # undecodable: it holds nothing to keep
+                log.warning('could not decompress "%s": %s; rewriting it', replaces, e)
         try:
             if compressor is None:
                 fd = self._open_plain(path)
             else:
-                # Rewritten from the segment's start: truncating leaves no
-                # trailing garbage from an earlier, longer stream.
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, self.file_mode)
                 os.fchmod(fd, self.file_mode)
                 _write_all(fd, compressor.start())
@@ -470,8 +486,28 @@ class WalDirectory:
                 self._fsync_dir()
         except OSError as e:
             raise self._disk_error("could not create file", path, e) from e
-        self._seg = _Segment(timeline, segno, fd, path, final, 0, compressor)
+        self._seg = _Segment(
+            timeline, segno, fd, path, final, 0, compressor, replaces, replaces_size
+        )
         return self._seg
+
+    def _replace_if_caught_up(self, seg: _Segment, *, ended: bool) -> None:
+        """Put a rewritten .partial in the old one's place once it holds as much, durably.
+
+        Called after a sync point (the new file is durable up to ``seg.pos``)
+        or once the file is finished (``ended``): a rewrite that ends short
+        of the old file is dropped and the old file kept.
+        """
+        if seg.replaces is None or (seg.pos < seg.replaces_size and not ended):
+            return
+        if seg.pos < seg.replaces_size:
+            os.unlink(seg.path)
+        else:
+            os.rename(seg.path, seg.replaces)
+            seg.path = seg.replaces
+        seg.replaces = None
+        if self.sync_enabled:
+            self._fsync_dir()
 
     def _open_plain(self, path: Path) -> int:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT, self.file_mode)
@@ -525,6 +561,8 @@ class WalDirectory:
                     os.close(fd)
                 self._fsync_dir()
                 self.flushed = LSN((seg.segno + 1) * self.seg_size)
+            if seg.replaces is not None:  # the complete file holds all it had
+                os.unlink(seg.replaces)
         except OSError as e:
             raise self._disk_error("could not complete segment", seg.path, e) from e
         if self.on_segment_complete is not None:
@@ -550,6 +588,7 @@ class WalDirectory:
                 if seg.compressor is not None:
                     _write_all(seg.fd, seg.compressor.flush())
                 os.fsync(seg.fd)
+                self._replace_if_caught_up(seg, ended=False)
             except OSError as e:
                 raise self._disk_error("could not fsync file", seg.path, e) from e
         self.flushed = self.written
@@ -572,6 +611,7 @@ class WalDirectory:
             return
         try:
             self._finish_file(seg)
+            self._replace_if_caught_up(seg, ended=True)
             if self.sync_enabled:
                 self._fsync_dir()
                 self.flushed = self.written
