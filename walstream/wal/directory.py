@@ -474,6 +474,7 @@ class WalDirectory:
                 replaces_size = len(read_wal_file(replaces))
             except Exception as e:  # undecodable: it holds nothing to keep
                 log.warning('could not decompress "%s": %s; rewriting it', replaces, e)
+        fd = -1
         try:
             if compressor is None:
                 fd = self._open_plain(path)
@@ -485,6 +486,8 @@ class WalDirectory:
                 os.fsync(fd)
                 self._fsync_dir()
         except OSError as e:
+            if fd >= 0:
+                os.close(fd)
             raise self._disk_error("could not create file", path, e) from e
         self._seg = _Segment(
             timeline, segno, fd, path, final, 0, compressor, replaces, replaces_size
