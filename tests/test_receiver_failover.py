@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from walstream import LSN
 from walstream.wal.segment import parse_segment_name
 
@@ -86,12 +88,18 @@ def _segments(directory: Path) -> dict[int, list[int]]:
     return {tli: sorted(segnos) for tli, segnos in found.items()}
 
 
-def test_failover_to_a_standby_that_lagged_behind_the_receiver(pg_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("fork_in", ["an earlier segment", "the resumed segment"])
+def test_failover_to_a_standby_that_lagged_behind_the_receiver(  # type: ignore[no-untyped-def]
+    pg_factory, tmp_path: Path, fork_in: str
+) -> None:
     """The new primary's history forks before what we received: nothing past the fork is claimed.
 
     Reporting the old primary's positions to the new one would acknowledge
     synchronous commits the receiver never saw, and a reconnect would resume
-    past a gap on the new timeline.
+    past a gap on the new timeline. With the fork in an earlier segment the
+    new primary refuses our start position; in the segment we resume in, it
+    accepts it and ends timeline 1 before our position. In-process replay
+    (``--replay``) starts again on the new timeline.
     """
     primary: PgCluster = pg_factory(15, wal_segsize_mb=1)
     primary.psql("CREATE TABLE t(x int, pad text)")
@@ -103,7 +111,7 @@ def test_failover_to_a_standby_that_lagged_behind_the_receiver(pg_factory, tmp_p
     # Periodic updates only every 60 s: a synchronous commit below that waits
     # for one instead of the update after each flush would time out.
     cmd = [sys.executable, "-m", "walstream.receiver", "-d", conninfo, "-D", str(tmp_path),
-           "--synchronous", "-s", "60", "-v"]  # fmt: skip
+           "--synchronous", "--replay", "-s", "60", "-v"]  # fmt: skip
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
     connected = "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'rv'"
     positions = (
@@ -112,12 +120,13 @@ def test_failover_to_a_standby_that_lagged_behind_the_receiver(pg_factory, tmp_p
     )
     try:
         wait_until(lambda: primary.psql(connected) == "1", what="the receiver on the primary")
+        if fork_in == "the resumed segment":
+            primary.psql("SELECT pg_switch_wal()")  # the fork at the start of a fresh segment
         standby.wait_for_replay(LSN.parse(primary.current_lsn()))
         standby.stop("fast")  # it lags from here on
-        for _ in range(3):
-            primary.psql(
-                "INSERT INTO t SELECT g, repeat(md5(g::text), 16) FROM generate_series(1, 2000) g"
-            )
+        for _ in range(3 if fork_in == "an earlier segment" else 0):
+            primary.psql(_FILL)
+        primary.psql("INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 200) g")
         old_end = LSN.parse(primary.current_lsn())
         wait_until(
             lambda: primary.psql(
@@ -131,7 +140,8 @@ def test_failover_to_a_standby_that_lagged_behind_the_receiver(pg_factory, tmp_p
         standby.promote()
         history = (standby.datadir / "pg_wal" / "00000002.history").read_text()
         fork = LSN.parse(history.split("\t")[1])
-        assert fork // SEG < old_end // SEG  # the receiver holds whole segments past the fork
+        assert fork < old_end
+        assert (fork // SEG < old_end // SEG) == (fork_in == "an earlier segment")
         wait_until(
             lambda: standby.psql(
                 "SELECT flush_lsn IS NOT NULL FROM pg_stat_replication "
@@ -156,31 +166,51 @@ def test_failover_to_a_standby_that_lagged_behind_the_receiver(pg_factory, tmp_p
         # A reconnect while timeline 2 is still behind the old primary's end.
         standby.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_replication")
         for _ in range(6):
-            standby.psql(
-                "INSERT INTO t SELECT g, repeat(md5(g::text), 16) FROM generate_series(1, 2000) g"
-            )
+            standby.psql(_FILL)
         standby.psql("SELECT pg_switch_wal()")
-        last = (LSN.parse(standby.current_lsn()) - 1) // SEG
+        end2 = LSN.parse(standby.current_lsn())
+        last = (end2 - 1) // SEG
         wait_until(
             lambda: last in _segments(tmp_path).get(2, []), what="timeline 2 streamed to its end"
         )
+        wait_until(
+            lambda: standby.psql(
+                f"SELECT replay_lsn >= '{LSN(last * SEG)}' FROM pg_stat_replication "
+                "WHERE application_name = 'rv'"
+            ) == "t",
+            what="in-process replay following timeline 2",
+        )  # fmt: skip
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
-    assert "continuing on timeline 2" in err
+    if fork_in == "an earlier segment":
+        assert "continuing on timeline 2" in err
+    assert "replay tracking starts again on the new timeline" in err
+    assert "replay stops" not in err
+    assert "replay tracking stopped" not in err
+
+    def name(tli: int, segno: int) -> str:
+        return f"{tli:08X}{segno >> 8:08X}{segno & 0xFF:08X}"
 
     segments = _segments(tmp_path)
     # The old primary's WAL past the fork is still here, as it wrote it.
-    assert segments[1] == list(range(segments[1][0], old_end // SEG))
-    for segno in segments[1]:
-        name = f"00000001{segno >> 8:08X}{segno & 0xFF:08X}"
-        assert (tmp_path / name).read_bytes() == (primary.datadir / "pg_wal" / name).read_bytes()
+    tl1 = segments.get(1, [])  # none if the receiver started in the segment of the fork
+    assert tl1 == list(range(tl1[0] if tl1 else old_end // SEG, old_end // SEG))
+    for segno in tl1:
+        assert (tmp_path / name(1, segno)).read_bytes() == (
+            primary.datadir / "pg_wal" / name(1, segno)
+        ).read_bytes()
+    tail = old_end % SEG
+    ours = (tmp_path / f"{name(1, old_end // SEG)}.partial").read_bytes()
+    theirs = (primary.datadir / "pg_wal" / name(1, old_end // SEG)).read_bytes()
+    assert ours[:tail] == theirs[:tail]
     # Timeline 2 from the fork's segment to its end, with no gap, as the new primary has it.
     assert segments[2] == list(range(fork // SEG, last + 1)), "gap on timeline 2"
     for segno in segments[2]:
-        name = f"00000002{segno >> 8:08X}{segno & 0xFF:08X}"
-        assert (tmp_path / name).read_bytes() == (standby.datadir / "pg_wal" / name).read_bytes()
+        assert (tmp_path / name(2, segno)).read_bytes() == (
+            standby.datadir / "pg_wal" / name(2, segno)
+        ).read_bytes()
     # No second copy of a segment the old timeline already has complete.
     assert not any(
         (tmp_path / (p.name.removesuffix(".partial"))).exists()

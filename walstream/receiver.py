@@ -286,16 +286,7 @@ class WalReceiver:
         seg_size = parse_size_setting(await conn.show("wal_segment_size"))
         directory = self._open_directory(seg_size, system.systemid, mode)
         if self.options.replay and self._replayer is None:
-            # Imported here: the decoder is only needed with --replay, and the
-            # receiver's start-up is part of every run's cost.
-            from walstream.startup import Replayer
-
-            self._replayer = Replayer(
-                seg_size,
-                self.report_applied,
-                target=self.options.replay_target,
-                on_target=self._target_reached,
-            )
+            self._replayer = self._new_replayer(seg_size)
         start, timeline = await self._start_position(
             conn, directory, system.xlogpos, system.timeline
         )
@@ -321,12 +312,7 @@ class WalReceiver:
                     start,
                 )
                 await self._close_directory(keep=True)
-                # What we received past the fork is not in this server's
-                # history (it stays in the old timeline's files): reporting it
-                # would release commits and advance a slot over WAL we never
-                # had, and a reconnect would resume past a gap.
-                directory.rewind(start)
-                self.policy.rewind(start)
+                self._rewind(directory, switchpoint)
                 continue
             if stream.server_ended:
                 # Resuming at a segment start that is the switch point itself:
@@ -353,8 +339,49 @@ class WalReceiver:
                 )
             log.info("switched to timeline %d at %s", next_tl.timeline, next_tl.start)
             await self._close_directory(keep=True)  # the old timeline's segment stays .partial
+            if next_tl.start < self.policy.write:
+                # A failover's fork inside the segment we resumed in: the server
+                # accepted the start and ended our timeline before our position.
+                self._rewind(directory, next_tl.start)
             timeline = next_tl.timeline
             start = LSN(segment_start(next_tl.start, seg_size))
+
+    def _new_replayer(self, seg_size: int) -> Replayer:
+        # Imported here: the decoder is only needed with --replay, and the
+        # receiver's start-up is part of every run's cost.
+        from walstream.startup import Replayer
+
+        return Replayer(
+            seg_size,
+            self.report_applied,
+            target=self.options.replay_target,
+            on_target=self._target_reached,
+        )
+
+    def _rewind(self, directory: WalDirectory, fork: LSN) -> None:
+        """The server's history left ours at ``fork``, before what we had received.
+
+        WAL past the fork is not this server's (it stays in the old
+        timeline's files): reporting it would release synchronous commits
+        and advance a slot over WAL we never had, and a reconnect would
+        resume past a gap. In-process replay starts afresh with the new
+        timeline's stream, as it does when the receiver starts.
+        """
+        directory.rewind(fork)
+        self.policy.rewind(fork)
+        old = self._replayer
+        if old is None or (old.state is not None and old.state.target_reached is not None):
+            return  # no replay, or it is over (at its target)
+        old.close()
+        self._replayer = self._new_replayer(directory.seg_size)
+        replayed = old.replay_lsn
+        if replayed > fork:
+            log.warning(
+                "replay had reached %s on the old timeline, past the fork at %s: "
+                "replay tracking starts again on the new timeline",
+                replayed,
+                fork,
+            )
 
     def _open_directory(
         self, seg_size: int, systemid: int, data_directory_mode: str

@@ -165,6 +165,11 @@ class Replayer:
             self.state.feed(lsn, data)
         return self.state.advance(durable) if self.state else LSN(0)
 
+    @property
+    def replay_lsn(self) -> LSN:
+        """The end of the last record replayed (0 before the first)."""
+        return self.state.replay_lsn if self.state is not None else LSN(0)
+
     def close(self) -> None:
         self._pending.clear()
         self._failed = True
