@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import struct
 import zlib
 from pathlib import Path
@@ -37,7 +38,9 @@ def test_short_partial_from_a_crash_during_padding_is_repaired(
     assert not any(data[100:])
 
 
-_WAL = bytes(range(256)) * (SEG // 256)  # the same WAL, whichever stream sends it again
+# The same WAL whichever stream sends it again; random, so a compressor cannot
+# hold much of it back.
+_WAL = random.Random(3).randbytes(SEG)
 
 
 def _gzip_partial(path: Path) -> bytes:
@@ -91,6 +94,24 @@ def test_a_rewrite_of_a_compressed_partial_never_holds_less_than_the_old_file(
     assert sorted(p.name for p in tmp_path.iterdir()) == [partial.name]
     resumed.write(3 * SEG + 6000, _WAL[6000:], 1)
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"{NAME}.gz"]
+
+
+def test_a_rewrite_killed_after_passing_the_old_file_is_kept(tmp_path: Path) -> None:
+    """Default fsync rules: no sync point before completion, then SIGKILL; the resume keeps it."""
+    gz = Compression.parse("gzip")
+    partial = tmp_path / f"{NAME}.gz.partial"
+    first = WalDirectory(tmp_path, SEG, compression=gz)
+    first.write(3 * SEG, _WAL[:5000], 1)
+    first.close()
+    killed = WalDirectory(tmp_path, SEG, compression=gz)
+    killed.write(3 * SEG, _WAL[: 900 * 1024], 1)  # written, never synced: then SIGKILL
+    assert _gzip_partial(partial) == _WAL[:5000]
+    resumed = WalDirectory(tmp_path, SEG, compression=gz)
+    assert resumed.find_start() == (LSN(3 * SEG), 1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [partial.name]
+    held = zlib.decompressobj(31).decompress(partial.read_bytes())
+    assert len(held) > 800 * 1024
+    assert held == _WAL[: len(held)]
 
 
 def test_a_rewrite_that_completes_the_segment_replaces_the_partial(tmp_path: Path) -> None:

@@ -19,9 +19,9 @@ Where pg_receivewal is fragile, this module is not: a ``.partial`` left short
 by a crash during pre-padding is padded again instead of failing forever; a
 reopened compressed ``.partial`` is rewritten from its start instead of
 accumulating trailing garbage, into ``NAME.partial.tmp`` that replaces it only
-once it durably holds as much WAL (a rewrite cut short is dropped, so the
-directory never holds less than before); WAL of another system identifier is
-refused.
+once it durably holds as much WAL (a rewrite cut short is dropped, one left
+by a crash is kept if it holds more, so the directory never holds less than
+before); WAL of another system identifier is refused.
 
 Threading contract: a WalDirectory is used by one thread at a time (the
 receiver runs all of it in one dedicated disk thread); ``written`` and
@@ -316,6 +316,8 @@ class WalDirectory:
         resumes at its own start. Completed files of the wrong size are skipped
         with a warning. Also checks the system identifier of what it resumes from.
         """
+        for leftover in self.path.glob("*.partial.tmp"):
+            self._settle_rewrite(leftover.with_suffix(""))
         best: tuple[int, int, bool, Path, str] | None = None  # segno, tli, completed
         for entry in sorted(os.scandir(self.path), key=lambda e: e.name):
             name = parse_segment_name(entry.name, self.seg_size)
@@ -464,6 +466,8 @@ class WalDirectory:
         path = self.path / (name + ".partial")
         compressor = _compressor(self.compression)
         replaces, replaces_size = None, 0
+        if compressor is not None:
+            self._settle_rewrite(path)
         if compressor is not None and path.exists():
             # Rewritten from the segment's start (a compressed stream cannot be
             # continued in place), into a new file: writing over this one
@@ -493,6 +497,40 @@ class WalDirectory:
             timeline, segno, fd, path, final, 0, compressor, replaces, replaces_size
         )
         return self._seg
+
+    def _settle_rewrite(self, partial: Path) -> None:
+        """A rewrite cut short by a crash left ``partial`` + ".tmp": keep whichever holds more.
+
+        Both hold a prefix of the same segment's WAL; without this the longer
+        rewrite would be ignored by the resume scan and then truncated.
+        """
+        tmp = partial.with_name(partial.name + ".tmp")
+        name = parse_segment_name(partial.name, self.seg_size)
+        if name is None or not name.partial or not tmp.is_file():
+            return
+
+        def held(path: Path) -> int:
+            try:
+                return len(_decompressed(path, name.compression))
+            except Exception:  # damaged or missing: holds nothing usable
+                return -1
+
+        try:
+            if held(tmp) <= held(partial):
+                os.unlink(tmp)
+            else:
+                if self.sync_enabled:  # durable before it replaces a durable file
+                    fd = os.open(tmp, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+                os.rename(tmp, partial)
+                log.info('kept "%s" from an interrupted rewrite: it held more WAL', partial.name)
+            if self.sync_enabled:
+                self._fsync_dir()
+        except OSError as e:
+            raise self._disk_error("could not settle rewrite", tmp, e) from e
 
     def _replace_if_caught_up(self, seg: _Segment, *, ended: bool) -> None:
         """Put a rewritten .partial in the old one's place once it holds as much, durably.
