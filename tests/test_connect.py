@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ import walstream
 from walstream import AuthenticationError, ConnectError, ServerError
 from walstream.connection import connect
 
-from .pgcluster import PgCluster
+from .pgcluster import PgCluster, wait_until
 
 
 @pytest.mark.parametrize(
@@ -96,6 +98,53 @@ async def test_target_session_attrs(pg_server: PgCluster) -> None:
         await walstream.connect(
             pg_server.conninfo("trust_user", None, target_session_attrs="standby")
         )
+
+
+async def test_read_write_passes_over_a_hot_standby(pg_factory) -> None:  # type: ignore[no-untyped-def]
+    """As libpq: a hot standby is read-only even with default_transaction_read_only off."""
+    primary: PgCluster = pg_factory(15)
+    standby = primary.make_standby()
+    conninfo = (
+        f"host=127.0.0.1,127.0.0.1 port={standby.port},{primary.port} user=trust_user "
+        "target_session_attrs=read-write connect_timeout=5"
+    )
+    async with await walstream.connect(conninfo) as conn:
+        assert conn.host.port == primary.port
+
+
+def test_a_server_shutting_down_sends_us_to_the_next_host(pg_factory) -> None:  # type: ignore[no-untyped-def]
+    """57P03 ("cannot connect now"): libpq tries the next host, and so do we."""
+    closing: PgCluster = pg_factory(15, name="closing")
+    other: PgCluster = pg_factory(15, name="other")
+    sleeper = "SELECT pg_sleep(120)"
+    session = subprocess.Popen(
+        [str(closing.bindir / "psql"), "-h", str(closing.socket_dir), "-p", str(closing.port),
+         "-U", "postgres", "-XAtq", "-c", sleeper, "postgres"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    waiting = f"SELECT count(*) FROM pg_stat_activity WHERE query = '{sleeper}'"
+
+    async def port_of(conninfo: str) -> int:
+        async with await walstream.connect(conninfo) as conn:
+            return conn.host.port
+
+    def cannot_connect_now() -> bool:
+        try:
+            asyncio.run(port_of(f"host=127.0.0.1 port={closing.port} user=trust_user"))
+        except ServerError as e:
+            return e.sqlstate == "57P03"
+        return False
+
+    try:
+        wait_until(lambda: closing.psql(waiting) == "1", what="a session to keep shutdown waiting")
+        pg_ctl = [str(closing.bindir / "pg_ctl"), "-D", str(closing.datadir)]
+        closing._run([*pg_ctl, "stop", "-m", "smart", "-W"])
+        wait_until(cannot_connect_now, what="57P03 from the server shutting down")
+        both = f"host=127.0.0.1,127.0.0.1 port={closing.port},{other.port} user=trust_user"
+        assert asyncio.run(port_of(both)) == other.port
+    finally:
+        session.kill()
+        session.wait()
 
 
 async def test_uri_and_keyword_overrides(pg_server: PgCluster) -> None:

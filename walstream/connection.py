@@ -878,9 +878,14 @@ def _is_ip(name: str) -> bool:
     return True
 
 
+_CANNOT_CONNECT_NOW: Final = "57P03"
+
 _SESSION_CHECKS: Final[dict[str, tuple[Callable[[dict[str, str]], bool], str]]] = {
+    # As libpq: a hot standby is read-only whatever default_transaction_read_only says.
     "read-write": (
-        lambda p: p.get("default_transaction_read_only") == "off",
+        lambda p: (
+            p.get("default_transaction_read_only") == "off" and p.get("in_hot_standby") != "on"
+        ),
         "session is read-only",
     ),
     "read-only": (
@@ -929,6 +934,7 @@ async def connect_params(params: ConnectParams) -> ReplicationConnection:
     errors: list[str] = []
     attrs = params.target_session_attrs
     passes = ["standby", "any"] if attrs == "prefer-standby" else [attrs]
+    refusal: ServerError | None = None
     for wanted in passes:
         for host in hosts:
             try:
@@ -939,6 +945,15 @@ async def connect_params(params: ConnectParams) -> ReplicationConnection:
             for attempt in attempts:
                 try:
                     conn = await _connect_address(attempt, params, policy)
+                except ServerError as e:
+                    if e.sqlstate != _CANNOT_CONNECT_NOW:
+                        raise
+                    # As libpq: a server starting up or shutting down sends the
+                    # client on to the next host (its other addresses would
+                    # say the same).
+                    errors.append(str(e))  # it names the server already
+                    refusal = e
+                    break
                 except (OSError, TimeoutError) as e:
                     if isinstance(e, ConnectError):
                         errors.append(f"{_describe(host, attempt.address)}: {e}")
@@ -951,6 +966,8 @@ async def connect_params(params: ConnectParams) -> ReplicationConnection:
                 errors.append(f"{_describe(host, attempt.address)}: {mismatch}")
                 await conn.close()
                 break  # another address of the same server would say the same
+    if refusal is not None and len(errors) == 1:
+        raise refusal  # the only failure: keep its SQLSTATE
     raise ConnectError("\n".join(errors) if errors else "no host to connect to")
 
 
