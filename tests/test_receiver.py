@@ -67,9 +67,18 @@ def _running(cmd: list[str]) -> Iterator[subprocess.Popen[str]]:
 
 
 def _run_both(
-    cluster: PgCluster, tmp_path: Path, *extra: str, segments: int = 6
+    cluster: PgCluster,
+    tmp_path: Path,
+    *extra: str,
+    segments: int = 6,
+    endpos_in_backlog: bool = False,
 ) -> tuple[Path, Path, LSN]:
-    """Stream one range with pg_receivewal and with walstream, from slots made at the same point."""
+    """Stream one range with pg_receivewal and with walstream, from slots made at the same point.
+
+    ``endpos_in_backlog``: endpos 100 bytes before a segment boundary two
+    segments short of the end, so that both tools stop in the middle of WAL
+    that arrives in large batches.
+    """
     ours, theirs = tmp_path / "walstream", tmp_path / "pg_receivewal"
     ours.mkdir()
     theirs.mkdir()
@@ -80,6 +89,11 @@ def _run_both(
         cluster.psql(f"SELECT pg_create_physical_replication_slot('{slot}', true)")
     try:
         endpos = _generate_wal(cluster, segments)
+        if endpos_in_backlog:
+            seg_size = int(
+                cluster.psql("SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'")
+            )
+            endpos = LSN((endpos // seg_size - 2) * seg_size - 100)
         # Both tools stop once past endpos: give them WAL beyond it now rather
         # than waiting for the server's next background record.
         cluster.psql("INSERT INTO gen VALUES (0, 'past endpos')")
@@ -123,6 +137,15 @@ def _assert_same_directories(ours: Path, theirs: Path, endpos: LSN, seg_size: in
         upto = endpos % seg_size
         assert x[:upto] == y[:upto], f"{name} differs before endpos"
         assert len(a[name]) == len(b[name]) or name.endswith(".gz.partial")
+
+
+def test_endpos_inside_a_backlog_stops_where_pg_receivewal_does(pg_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The message that passes endpos is the last written, cut at the segment boundary after it."""
+    cluster: PgCluster = pg_factory(15, wal_segsize_mb=1)
+    ours, theirs, endpos = _run_both(cluster, tmp_path, endpos_in_backlog=True)
+    _assert_same_directories(ours, theirs, endpos, 1024 * 1024)
+    last = max(p.name for p in ours.iterdir())
+    assert last == f"00000001{0:08X}{endpos // (1024 * 1024):08X}"  # complete, nothing after it
 
 
 @pytest.mark.parametrize("version", VERSIONS, ids=IDS)

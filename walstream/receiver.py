@@ -122,6 +122,26 @@ class ReceiverStatus:
         return max(0, self.server_wal_end - self.flush)
 
 
+def _through_endpos(chunks: list[XLogData], endpos: LSN, seg_size: int) -> list[XLogData]:
+    """What pg_receivewal writes of a batch with an end position: nothing past its stop rule.
+
+    It checks after every message, and at every segment boundary inside
+    one, whether it is past endpos: the first message that passes it is the
+    last written, cut at the first segment boundary after endpos (the rest
+    of that message is ignored). A batch holds up to 64 messages, so
+    checking only after the batch wrote megabytes more.
+    """
+    for i, ev in enumerate(chunks):
+        if ev.data_end > endpos:
+            cut = (max(ev.data_start, endpos) // seg_size + 1) * seg_size
+            if cut < ev.data_end:
+                ev = XLogData(
+                    ev.data_start, ev.wal_end, ev.send_time, ev.data[: cut - ev.data_start]
+                )
+            return [*chunks[:i], ev]
+    return chunks
+
+
 class WalReceiver:
     """Receive WAL into a directory until stopped, endpos is reached, or a fatal error."""
 
@@ -497,6 +517,8 @@ class WalReceiver:
                     await stream.end()
                     return "stopped"
                 chunks, reply = self._take(events)
+                if endpos is not None:
+                    chunks = _through_endpos(chunks, endpos, directory.seg_size)
                 if chunks:
                     await self._write(directory, chunks, timeline)
                 if reply:
