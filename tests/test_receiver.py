@@ -266,6 +266,57 @@ def test_create_and_drop_slot(pg_server: PgCluster) -> None:
     )
 
 
+def test_slot_actions_exit_even_with_a_directory(pg_server: PgCluster, tmp_path: Path) -> None:
+    """As pg_receivewal: --create-slot and --drop-slot do their action, then exit 0."""
+    conninfo = pg_server.conninfo("trust_user")
+    for action in ("--create-slot", "--drop-slot"):
+        done = _run_cli("-d", conninfo, "-S", "ws_cli_slot_d", "-D", str(tmp_path), action)
+        assert done.returncode == 0, done.stderr
+    assert not list(tmp_path.iterdir())  # nothing streamed
+    assert pg_server.psql(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'ws_cli_slot_d'"
+    ) == "0"  # fmt: skip
+
+
+def test_a_slot_still_in_use_is_retried_after_the_first_connection(  # type: ignore[no-untyped-def]
+    pg_factory, tmp_path: Path
+) -> None:
+    """Only a failed first connection is fatal: a busy slot waits (pg_receivewal retries too)."""
+    cluster: PgCluster = pg_factory(15, wal_segsize_mb=1)
+    cluster.psql("SELECT pg_create_physical_replication_slot('busy', true)")
+    conninfo = cluster.conninfo("trust_user")
+    holder_dir, ours = tmp_path / "holder", tmp_path / "ours"
+    holder_dir.mkdir()
+    ours.mkdir()
+    holder = subprocess.Popen(
+        _receivewal_cmd(cluster, "-d", conninfo, "-D", str(holder_dir), "-S", "busy"),
+        stderr=subprocess.DEVNULL,
+    )
+    active = "SELECT active FROM pg_replication_slots WHERE slot_name = 'busy'"
+    try:
+        wait_until(lambda: cluster.psql(active) == "t", what="the slot held by pg_receivewal")
+        once = _run_cli("-d", conninfo, "-D", str(ours), "-S", "busy", "-n")
+        assert once.returncode == 1
+        assert "is active for PID" in once.stderr
+        assert "error: disconnected" in once.stderr  # pg_receivewal -n's last line
+        with _running(_receiver_cmd("-d", conninfo, "-D", str(ours), "-S", "busy", "-v")) as proc:
+            time.sleep(1.5)  # a few failed attempts on the busy slot
+            assert proc.poll() is None, "gave up on a slot that is only busy"
+            holder.terminate()
+            holder.wait(30)
+            wait_until(
+                lambda: cluster.psql(
+                    "SELECT application_name FROM pg_stat_replication"
+                ) == "walstream",
+                what="the receiver streaming once the slot was free",
+            )  # fmt: skip
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_help_explains_itself() -> None:
     out = _run_cli("--help")
     assert out.returncode == 0

@@ -168,7 +168,10 @@ class WalReceiver:
         self._expected = LSN(0)  # where the next XLogData of the current stream must start
         self._systemid: int | None = None
         self._replayer: Replayer | None = None
-        self._streamed = False  # some session reached streaming
+        # As pg_receivewal, only a first connection that fails is fatal in
+        # itself: what fails after one succeeded (a slot still active, a
+        # replica behind our position) is retried unless --no-loop.
+        self._connected = False
 
     # -- public API ---------------------------------------------------------
 
@@ -224,9 +227,7 @@ class WalReceiver:
                 except (ConnectError, ProtocolViolation, ServerError) as e:
                     if isinstance(e, ServerError) and e.sqlstate in _FATAL_SQLSTATES:
                         raise
-                    # As pg_receivewal: failing to connect at all is fatal; losing a
-                    # connection that streamed is retried (unless --no-loop).
-                    if not self._streamed or not self.options.loop:
+                    if not self._connected or not self.options.loop:
                         raise
                     if self.policy.write > received:
                         delay = 0.5  # a new outage, not the last one's backoff
@@ -272,6 +273,7 @@ class WalReceiver:
         """One connection's worth of streaming; True when the job is done."""
         self._state = "connecting"
         conn = await self._connect()
+        self._connected = True
         self._host = f"{conn.host.host}:{conn.host.port}"
         log.info(
             "connected to %s (PostgreSQL %s)",
@@ -476,7 +478,6 @@ class WalReceiver:
         """Receive until the server ends the timeline ("ended"), endpos ("done") or stop."""
         self._stream = stream
         self._state = "streaming"
-        self._streamed = True
         self.policy.restart(stream.start)
         self._expected = stream.start
         ticker = asyncio.create_task(self._status_ticker())
@@ -770,12 +771,12 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--create-slot",
         action="store_true",
-        help="create a new replication slot (for the slot's name see --slot)",
+        help="create a new replication slot (for the slot's name see --slot), then exit",
     )
     a.add_argument(
         "--drop-slot",
         action="store_true",
-        help="drop the replication slot (for the slot's name see --slot)",
+        help="drop the replication slot (for the slot's name see --slot), then exit",
     )
     a.add_argument(
         "--on-segment-complete",
@@ -898,8 +899,7 @@ def main(argv: list[str] | None = None) -> int:
                 params["password"] = _ask_password()
                 may_ask = False
                 asyncio.run(_slot_action(args, params))
-            if not args.directory:
-                return 0
+            return 0  # as pg_receivewal: the action, then exit
         if not args.directory:
             return fail("no target directory specified")
         directory = Path(args.directory)
@@ -993,10 +993,10 @@ async def _run_cli(options: ReceiverOptions, *, may_ask: bool = False) -> int | 
     try:
         await receiver.run()
     except (Error, OSError) as e:
-        if may_ask and not receiver._streamed and _needs_password(e):
+        if may_ask and not receiver._connected and _needs_password(e):
             return None
         print(f"{PROGNAME}: error: {e}", file=sys.stderr)
-        if not options.loop and receiver._streamed:
+        if not options.loop and receiver._connected:
             # pg_receivewal -n ends every lost session with this line.
             print(f"{PROGNAME}: error: disconnected", file=sys.stderr)
         return 1
