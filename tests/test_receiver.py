@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import shlex
 import signal
 import subprocess
 import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,7 @@ def _run_both(
             check=False,
         )
         assert mine.returncode == 0, mine.stderr
+        assert 'replication slot "ws_ours" will not advance' in mine.stderr  # --no-sync
         ref = subprocess.run(
             _receivewal_cmd(cluster, "-d", conninfo, "-D", str(theirs), "-S", "ws_theirs", *common),
             capture_output=True,
@@ -394,3 +396,85 @@ def test_keepalive_replies_keep_wal_sender_timeout_away(  # type: ignore[no-unty
         assert len(replies) >= 4, replies  # answered about every wal_sender_timeout / 2
         assert proc.poll() is None
     assert "replication timeout" not in cluster.log_path.read_text()
+
+
+def test_on_segment_complete_runs_for_each_segment_and_is_waited_for(  # type: ignore[no-untyped-def]
+    pg_factory, tmp_path: Path
+) -> None:
+    """%p and %f (quoted), %% a percent sign; failures logged; the receiver waits for them."""
+    cluster: PgCluster = pg_factory(15, wal_segsize_mb=1)
+    cluster.psql("SELECT pg_create_physical_replication_slot('hooked', true)")
+    endpos = _generate_wal(cluster, 4)
+    cluster.psql("INSERT INTO gen VALUES (0, 'past endpos')")
+    wal, log = tmp_path / "wal dir", tmp_path / "hook.log"  # a space in the path
+    wal.mkdir()
+    hook = f"test -f %p && echo %f 100%% >> {shlex.quote(str(log))}; sleep 1; exit 3"
+    done = _run_cli(
+        "-d", cluster.conninfo("trust_user"), "-D", str(wal), "-S", "hooked", "-n",
+        "-E", str(endpos), "--on-segment-complete", hook,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    completed = sorted(p.name for p in wal.iterdir() if ".partial" not in p.name)
+    assert len(completed) >= 2
+    # Every hook ran to its end before the receiver exited: each line is there.
+    assert sorted(log.read_text().splitlines()) == [f"{name} 100%" for name in completed]
+    assert done.stderr.count("--on-segment-complete command failed with exit code 3") == len(
+        completed
+    )
+
+
+@pytest.mark.parametrize("sync", [True, False], ids=["sync", "no-sync"])
+async def test_library_status_snapshot_and_segment_hook(  # type: ignore[no-untyped-def]
+    pg_factory, tmp_path: Path, sync: bool
+) -> None:
+    """The embedded receiver's snapshot: state, host, timeline, positions, rate and lag."""
+    import asyncio
+
+    from walstream.receiver import ReceiverOptions, WalReceiver
+
+    cluster: PgCluster = pg_factory(15, wal_segsize_mb=1)
+    completed: list[Path] = []
+    receiver = WalReceiver(
+        ReceiverOptions(
+            directory=tmp_path,
+            conninfo=cluster.conninfo("trust_user"),
+            sync=sync,
+            status_interval=1.0,
+            on_segment_complete=completed.append,
+        )
+    )
+    task = asyncio.create_task(receiver.run())
+
+    async def until(what: str, predicate: Callable[[], bool]) -> None:
+        for _ in range(600):
+            if predicate():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}: {receiver.status()}")
+
+    try:
+        await until("streaming", lambda: receiver.status().state == "streaming")
+        end = await asyncio.to_thread(_generate_wal, cluster, 3)
+        await until("the WAL written", lambda: receiver.status().write >= end)
+        status = receiver.status()
+        assert status.host == f"127.0.0.1:{cluster.port}"
+        assert status.timeline == 1
+        assert status.synced is sync
+        assert status.server_wal_end >= end
+        assert status.bytes_per_second > 0  # measured while it arrived
+        assert status.segments_completed >= 1
+        if sync:
+            # Default fsync rules: durable per completed segment, as pg_receivewal.
+            seg = 1 << 20
+            await until("flushed", lambda: receiver.status().flush >= end // seg * seg)
+            assert receiver.status().lag_bytes < seg
+        else:
+            assert status.flush == 0  # nothing is durable without fsync
+            await until("no lag", lambda: receiver.status().lag_bytes == 0)  # what is written
+        assert len(completed) == receiver.status().segments_completed  # each, once
+        assert all(p.is_file() and p.stat().st_size == 1 << 20 for p in completed)
+        await until("the rate going idle", lambda: receiver.status().bytes_per_second == 0)
+    finally:
+        receiver.stop()
+        await asyncio.wait_for(task, 30)
+    assert receiver.status().state == "stopped"

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
 import dataclasses
 import getpass
 import logging
 import os
+import re
 import shlex
 import signal
 import sys
@@ -65,6 +67,9 @@ _INLINE_SYNC_BYTES: Final = 256 * 1024
 # Server errors that no retry can cure: authentication and authorization,
 # missing slots, WAL the server no longer has. Anything else (connection
 # lost, server restarting, too many senders) is worth another attempt.
+_RATE_STEP: Final = 0.1  # seconds between the rate's samples
+_RATE_WINDOW: Final = 2.0  # seconds the rate is measured over
+
 _FATAL_SQLSTATES: Final = frozenset({"28P01", "28000", "42501", "42704", "58P01", "0A000"})
 
 
@@ -113,13 +118,18 @@ class ReceiverStatus:
     flush: LSN
     apply: LSN
     server_wal_end: LSN
-    bytes_per_second: float
+    bytes_per_second: float  # over the last second or so; 0 when nothing arrives
     segments_completed: int
+    synced: bool = True  # False with sync off (--no-sync): nothing is made durable
 
     @property
     def lag_bytes(self) -> int:
-        """How far the durable position trails the server's end of WAL."""
-        return max(0, self.server_wal_end - self.flush)
+        """How far what is stored trails the server's end of WAL.
+
+        The durable position; with sync off, where flush never moves, the
+        written one.
+        """
+        return max(0, self.server_wal_end - (self.flush if self.synced else self.write))
 
 
 def _through_endpos(chunks: list[XLogData], endpos: LSN, seg_size: int) -> list[XLogData]:
@@ -157,8 +167,9 @@ class WalReceiver:
         self._timeline: int | None = None
         self._server_wal_end = LSN(0)
         self._segments_completed = 0
-        self._rate = 0.0
-        self._rate_mark = (time.monotonic(), LSN(0))
+        # (monotonic time, write position) every _RATE_STEP while WAL arrives:
+        # the snapshot's rate is taken over the last _RATE_WINDOW of them.
+        self._rate_samples: collections.deque[tuple[float, int]] = collections.deque()
         self._stop = asyncio.Event()
         self._stream: ReplicationStream | None = None
         self._directory: WalDirectory | None = None
@@ -184,8 +195,9 @@ class WalReceiver:
             flush=self.policy.flush,
             apply=self.policy.apply,
             server_wal_end=self._server_wal_end,
-            bytes_per_second=self._rate,
+            bytes_per_second=self._rate(time.monotonic()),
             segments_completed=self._segments_completed,
+            synced=self.options.sync,
         )
 
     def stop(self) -> None:
@@ -215,6 +227,15 @@ class WalReceiver:
         over every host of a multi-host conninfo.
         """
         self._loop = asyncio.get_running_loop()
+        if self.options.slot is not None and not self.options.sync:
+            # pg_receivewal reports unsynced positions as flushed here; walstream
+            # never claims a flush without an fsync (bounded runs with -E still
+            # make sense, so this is a warning, not a refusal).
+            log.warning(
+                'without fsync no flush position is reported: replication slot "%s" will '
+                "not advance, and the server keeps WAL for it",
+                self.options.slot,
+            )
         delay = 0.5
         try:
             while not self._stop.is_set():
@@ -391,6 +412,7 @@ class WalReceiver:
         """
         directory.rewind(fork)
         self.policy.rewind(fork)
+        self._server_wal_end = LSN(min(self._server_wal_end, fork))
         old = self._replayer
         if old is None or (old.state is not None and old.state.target_reached is not None):
             return  # no replay, or it is over (at its target)
@@ -631,10 +653,20 @@ class WalReceiver:
 
     def _update_rate(self, end: LSN) -> None:
         now = time.monotonic()
-        then, mark = self._rate_mark
-        if now - then >= 1.0:
-            self._rate = (end - mark) / (now - then) if mark else 0.0
-            self._rate_mark = (now, end)
+        samples = self._rate_samples
+        if not samples or now - samples[-1][0] >= _RATE_STEP:
+            samples.append((now, end))
+            while now - samples[0][0] > _RATE_WINDOW:
+                samples.popleft()
+
+    def _rate(self, now: float) -> float:
+        """Bytes per second received over the last _RATE_WINDOW (0 when nothing came)."""
+        samples = self._rate_samples
+        while samples and now - samples[0][0] > _RATE_WINDOW:
+            samples.popleft()
+        if not samples or now - samples[0][0] < _RATE_STEP:
+            return 0.0
+        return max(0, self.policy.write - samples[0][1]) / (now - samples[0][0])
 
     def _send_due_status(self) -> None:
         stream = self._stream
@@ -819,7 +851,9 @@ _hook_tasks: set[asyncio.Future[None]] = set()  # keeps running hook commands re
 
 def _segment_hook(command: str) -> Callable[[Path], None]:
     def run(path: Path) -> None:
-        cmd = command.replace("%p", shlex.quote(str(path))).replace("%f", shlex.quote(path.name))
+        # One pass, as archive_command's: %p and %f (shell-quoted), %% a percent sign.
+        values = {"%p": shlex.quote(str(path)), "%f": shlex.quote(path.name), "%%": "%"}
+        cmd = re.sub("%[pf%]", lambda m: values[m.group()], command)
 
         async def spawn() -> None:
             proc = await asyncio.create_subprocess_shell(cmd)
@@ -832,6 +866,13 @@ def _segment_hook(command: str) -> Callable[[Path], None]:
         task.add_done_callback(_hook_tasks.discard)
 
     return run
+
+
+async def _wait_for_hooks() -> None:
+    """Let running --on-segment-complete commands finish, so their failures are logged."""
+    if _hook_tasks:
+        log.info("waiting for %d --on-segment-complete command(s) to finish", len(_hook_tasks))
+        await asyncio.gather(*_hook_tasks, return_exceptions=True)
 
 
 async def _slot_action(args: argparse.Namespace, params: dict[str, str]) -> None:
@@ -991,7 +1032,10 @@ async def _run_cli(options: ReceiverOptions, *, may_ask: bool = False) -> int | 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, receiver.stop)
     try:
-        await receiver.run()
+        try:
+            await receiver.run()
+        finally:
+            await _wait_for_hooks()
     except (Error, OSError) as e:
         if may_ask and not receiver._connected and _needs_password(e):
             return None
