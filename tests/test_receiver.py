@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
 import shlex
 import signal
 import subprocess
@@ -406,7 +408,7 @@ def test_on_segment_complete_runs_for_each_segment_and_is_waited_for(  # type: i
     cluster.psql("SELECT pg_create_physical_replication_slot('hooked', true)")
     endpos = _generate_wal(cluster, 4)
     cluster.psql("INSERT INTO gen VALUES (0, 'past endpos')")
-    wal, log = tmp_path / "wal dir", tmp_path / "hook.log"  # a space in the path
+    wal, log = tmp_path / "wal %f dir", tmp_path / "hook.log"  # %p holds a space and a %f
     wal.mkdir()
     hook = f"test -f %p && echo %f 100%% >> {shlex.quote(str(log))}; sleep 1; exit 3"
     done = _run_cli(
@@ -478,3 +480,91 @@ async def test_library_status_snapshot_and_segment_hook(  # type: ignore[no-unty
         receiver.stop()
         await asyncio.wait_for(task, 30)
     assert receiver.status().state == "stopped"
+
+
+def test_a_hung_hook_does_not_keep_the_receiver_from_exiting(  # type: ignore[no-untyped-def]
+    pg_factory, tmp_path: Path
+) -> None:
+    """Hooks are waited for at exit; a signal during that wait ends it."""
+    cluster: PgCluster = pg_factory(15, wal_segsize_mb=1)
+    cluster.psql("SELECT pg_create_physical_replication_slot('hung', true)")
+    endpos = _generate_wal(cluster, 4)
+    cluster.psql("INSERT INTO gen VALUES (0, 'past endpos')")
+    wal, pids = tmp_path / "wal", tmp_path / "hook.pids"
+    wal.mkdir()
+    hook = f"echo $$ >> {pids}; exec sleep 300 </dev/null >/dev/null 2>&1"
+    cmd = _receiver_cmd(
+        "-d", cluster.conninfo("trust_user"), "-D", str(wal), "-S", "hung", "-n", "-v",
+        "-E", str(endpos), "--on-segment-complete", hook,
+    )  # fmt: skip
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr or ()), daemon=True)
+    reader.start()
+    try:
+        wait_until(
+            lambda: any("--on-segment-complete command(s) to finish" in line for line in lines),
+            what="the receiver waiting for its hook at exit",
+        )
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0, "".join(lines)
+        reader.join(15)
+        assert any("still running" in line for line in lines), lines
+    finally:
+        proc.kill()
+        proc.wait()
+        for pid in pids.read_text().split() if pids.exists() else []:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+
+
+def test_through_endpos_follows_pg_receivewals_stop_rule() -> None:
+    """Checked after each message and at each segment boundary inside one."""
+    from walstream.protocol.replication import XLogData
+    from walstream.receiver import _through_endpos
+
+    seg = 1 << 20
+
+    def msgs(*spans: tuple[int, int]) -> list[XLogData]:
+        return [XLogData(LSN(a), LSN(0), 0, bytes(b - a)) for a, b in spans]
+
+    def spans(chunks: list[XLogData]) -> list[tuple[int, int]]:
+        return [(c.data_start, c.data_end) for c in chunks]
+
+    batch = msgs((seg - 300, seg - 100), (seg - 100, seg + 5000), (seg + 5000, seg + 9000))
+    # endpos before a boundary inside a message: that message is cut at the boundary.
+    assert spans(_through_endpos(batch, LSN(seg - 50), seg)) == [
+        (seg - 300, seg - 100), (seg - 100, seg)
+    ]  # fmt: skip
+    # endpos exactly on the boundary: not yet past it there, so the whole message.
+    assert spans(_through_endpos(batch, LSN(seg), seg)) == [
+        (seg - 300, seg - 100), (seg - 100, seg + 5000)
+    ]  # fmt: skip
+    # endpos at a message's end: the next message is the one that passes it.
+    assert spans(_through_endpos(batch, LSN(seg - 100), seg)) == [
+        (seg - 300, seg - 100), (seg - 100, seg)
+    ]  # fmt: skip
+    # A message spanning two boundaries past endpos stops at the first of them.
+    long = msgs((seg - 10, 2 * seg + 10))
+    assert spans(_through_endpos(long, LSN(seg - 20), seg)) == [(seg - 10, seg)]
+    assert spans(_through_endpos(batch, LSN(seg + 9000), seg)) == spans(batch)  # not reached
+
+
+def test_a_start_already_past_endpos_receives_nothing(pg_server: PgCluster, tmp_path: Path) -> None:
+    """As pg_receivewal, which checks endpos before every START_REPLICATION."""
+    pg_server.psql("SELECT pg_switch_wal()")
+    pg_server.psql("SELECT pg_logical_emit_message(false, 'past', 'a segment start')")
+    end = LSN.parse(pg_server.current_lsn())
+    seg = int(pg_server.psql("SHOW wal_segment_size").removesuffix("MB")) << 20
+    before = LSN(end // seg * seg - 1)  # the start (this segment's) is past it
+    tools = {"ours": _receiver_cmd, "theirs": functools.partial(_receivewal_cmd, pg_server)}
+    for name, cmd in tools.items():
+        directory = tmp_path / name
+        directory.mkdir()
+        args = ["-d", pg_server.conninfo("trust_user"), "-D", str(directory), "-n"]
+        done = subprocess.run(
+            cmd(*args, "-E", str(before)),
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert not list(directory.iterdir()), name

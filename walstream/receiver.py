@@ -64,12 +64,12 @@ log = logging.getLogger("walstream.receiver")
 PROGNAME: Final = "walstream receive"
 _INLINE_SYNC_BYTES: Final = 256 * 1024
 
-# Server errors that no retry can cure: authentication and authorization,
-# missing slots, WAL the server no longer has. Anything else (connection
-# lost, server restarting, too many senders) is worth another attempt.
 _RATE_STEP: Final = 0.1  # seconds between the rate's samples
 _RATE_WINDOW: Final = 2.0  # seconds the rate is measured over
 
+# Server errors that no retry can cure: authentication and authorization,
+# missing slots, WAL the server no longer has. Anything else (connection
+# lost, server restarting, too many senders) is worth another attempt.
 _FATAL_SQLSTATES: Final = frozenset({"28P01", "28000", "42501", "42704", "58P01", "0A000"})
 
 
@@ -118,7 +118,7 @@ class ReceiverStatus:
     flush: LSN
     apply: LSN
     server_wal_end: LSN
-    bytes_per_second: float  # over the last second or so; 0 when nothing arrives
+    bytes_per_second: float  # over the last 2 s; 0 when nothing arrived in them
     segments_completed: int
     synced: bool = True  # False with sync off (--no-sync): nothing is made durable
 
@@ -335,6 +335,13 @@ class WalReceiver:
         )
         log.info("starting log streaming at %s (timeline %d)", start, timeline)
         while True:
+            endpos = self.options.endpos
+            if endpos is not None and start > endpos:
+                # As pg_receivewal: checked before every START_REPLICATION, so a
+                # start already past endpos (a completed segment, a server ahead
+                # of it) receives nothing.
+                log.info("end position %s reached before %s", endpos, start)
+                return True
             await self._ensure_history(conn, directory, timeline)
             self._timeline = timeline
             try:
@@ -813,7 +820,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument(
         "--on-segment-complete",
         metavar="CMD",
-        help="run CMD after each completed segment (%%p: path, %%f: file name)",
+        help="run CMD after each completed segment is durable (%%p: path, %%f: file "
+        "name, %%%%: a percent sign); running commands are waited for at exit",
     )
     a.add_argument(
         "--replay",
@@ -869,10 +877,36 @@ def _segment_hook(command: str) -> Callable[[Path], None]:
 
 
 async def _wait_for_hooks() -> None:
-    """Let running --on-segment-complete commands finish, so their failures are logged."""
-    if _hook_tasks:
-        log.info("waiting for %d --on-segment-complete command(s) to finish", len(_hook_tasks))
-        await asyncio.gather(*_hook_tasks, return_exceptions=True)
+    """Let running --on-segment-complete commands finish, so their failures are logged.
+
+    Hooks are not run again on restart (an upload would be missed), so they
+    are waited for; a command that hangs must not keep the receiver from
+    ever exiting, so a signal during the wait ends it.
+    """
+    if not _hook_tasks:
+        return
+    running = len(_hook_tasks)
+    waiting = asyncio.gather(*_hook_tasks, return_exceptions=True)
+    gave_up = asyncio.Event()
+
+    def give_up() -> None:
+        gave_up.set()
+        waiting.cancel()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, give_up)
+    log.info(
+        "waiting for %d --on-segment-complete command(s) to finish "
+        "(SIGINT or SIGTERM: exit without waiting)",
+        running,
+    )
+    try:
+        await waiting
+    except asyncio.CancelledError:
+        if not gave_up.is_set():
+            raise  # this task itself was cancelled
+        log.warning("exiting with --on-segment-complete command(s) still running")
 
 
 async def _slot_action(args: argparse.Namespace, params: dict[str, str]) -> None:
