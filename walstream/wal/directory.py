@@ -351,10 +351,8 @@ class WalDirectory:
             if size == self.seg_size % 2**32:
                 return True
         else:
-            try:
-                size = len(_decompressed(path, method))
-            except Exception as e:  # a damaged file: skip it like a wrong size
-                log.warning('could not decompress "%s": %s', path, e)
+            size = self._held(path, method)
+            if size < 0:  # a damaged file: skip it like a wrong size
                 return False
         if size != self.seg_size:
             log.warning('segment file "%s" has incorrect size %d, skipping', path.name, size)
@@ -468,16 +466,13 @@ class WalDirectory:
         replaces, replaces_size = None, 0
         if compressor is not None:
             self._settle_rewrite(path)
-        if compressor is not None and path.exists():
-            # Rewritten from the segment's start (a compressed stream cannot be
-            # continued in place), into a new file: writing over this one
-            # would leave trailing garbage, truncating it would lose its WAL
-            # if the new stream ends sooner.
-            replaces, path = path, path.with_name(path.name + ".tmp")
-            try:
-                replaces_size = len(read_wal_file(replaces))
-            except Exception as e:  # undecodable: it holds nothing to keep
-                log.warning('could not decompress "%s": %s; rewriting it', replaces, e)
+            if path.exists():
+                # Rewritten from the segment's start (a compressed stream cannot
+                # be continued in place), into a new file: writing over this one
+                # would leave trailing garbage, truncating it would lose its WAL
+                # if the new stream ends sooner.
+                replaces, path = path, path.with_name(path.name + ".tmp")
+                replaces_size = max(0, self._held(replaces, self.compression.suffix))
         fd = -1
         try:
             if compressor is None:
@@ -508,23 +503,12 @@ class WalDirectory:
         name = parse_segment_name(partial.name, self.seg_size)
         if name is None or not name.partial or not tmp.is_file():
             return
-
-        def held(path: Path) -> int:
-            try:
-                return len(_decompressed(path, name.compression))
-            except Exception:  # damaged or missing: holds nothing usable
-                return -1
-
         try:
-            if held(tmp) <= held(partial):
+            if self._held(tmp, name.compression) <= self._held(partial, name.compression):
                 os.unlink(tmp)
             else:
                 if self.sync_enabled:  # durable before it replaces a durable file
-                    fd = os.open(tmp, os.O_RDONLY)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
+                    self._fsync_file(tmp)
                 os.rename(tmp, partial)
                 log.info('kept "%s" from an interrupted rewrite: it held more WAL', partial.name)
             if self.sync_enabled:
@@ -595,11 +579,7 @@ class WalDirectory:
             self._finish_file(seg)
             os.rename(seg.path, seg.final)
             if self.sync_enabled:
-                fd = os.open(seg.final, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+                self._fsync_file(seg.final)
                 self._fsync_dir()
                 self.flushed = LSN((seg.segno + 1) * self.seg_size)
             if seg.replaces is not None:  # the complete file holds all it had
@@ -693,6 +673,23 @@ class WalDirectory:
             raise self._disk_error("could not write timeline history file", final, e) from e
 
     # -- helpers --------------------------------------------------------------
+
+    @staticmethod
+    def _held(path: Path, method: str) -> int:
+        """Uncompressed bytes a compressed segment file holds; -1 if it cannot be read."""
+        try:
+            return len(_decompressed(path, method))
+        except Exception as e:  # damaged or gone: it holds nothing to keep
+            log.warning('could not decompress "%s": %s', path, e)
+            return -1
+
+    @staticmethod
+    def _fsync_file(path: Path) -> None:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _fsync_dir(self) -> None:
         fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
