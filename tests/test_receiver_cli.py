@@ -320,3 +320,16 @@ def test_no_password_message_names_the_server(pw_server: PgCluster, tmp_path: Pa
     refused = _both_in_pty(pw_server, tmp_path, ["-w"], None)
     texts = {key: text.replace(PROG[key], "PROG") for key, (_, text, _) in refused.items()}
     assert texts["ours"] == texts["ref"]
+
+
+def test_ctrl_c_at_the_password_prompt_ends_without_a_traceback(pw_server: PgCluster) -> None:
+    """Before streaming's own handlers exist, SIGINT ends the program as the default would."""
+    conninfo = pw_server.conninfo("scram_user")
+    for program in (OURS, [str(pw_server.program("pg_receivewal"))]):
+        args = [*program, "-d", conninfo, "-S", "never_made", "--create-slot", "-W"]
+        rc, text = _in_pty(args, "\x03")  # the terminal's interrupt character
+        assert rc in (130, -signal.SIGINT), (rc, text)
+        assert "Traceback" not in text, text
+    assert pw_server.psql(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'never_made'"
+    ) == "0"  # fmt: skip

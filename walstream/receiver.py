@@ -928,6 +928,16 @@ async def _slot_action(args: argparse.Namespace, params: dict[str, str]) -> None
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        # SIGINT before streaming's own handlers are installed (a slot action,
+        # the password prompt): end as the default handler would, without a
+        # traceback. While streaming, SIGINT is a clean stop (exit 0).
+        return 128 + signal.SIGINT
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     if args.version:
         from walstream import __version__
