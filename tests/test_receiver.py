@@ -412,7 +412,7 @@ def test_on_segment_complete_runs_for_each_segment_and_is_waited_for(  # type: i
     wal.mkdir()
     hook = f"test -f %p && echo %f 100%% >> {shlex.quote(str(log))}; sleep 1; exit 3"
     done = _run_cli(
-        "-d", cluster.conninfo("trust_user"), "-D", str(wal), "-S", "hooked", "-n",
+        "-d", cluster.conninfo("trust_user"), "-D", str(wal), "-S", "hooked", "-n", "-v",
         "-E", str(endpos), "--on-segment-complete", hook,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -423,6 +423,9 @@ def test_on_segment_complete_runs_for_each_segment_and_is_waited_for(  # type: i
     assert done.stderr.count("--on-segment-complete command failed with exit code 3") == len(
         completed
     )
+    for name in completed:  # pg_receivewal -v's line for each
+        end = LSN((int(name[16:], 16) + 1) << 20)
+        assert f"finished segment at {end} (timeline 1)" in done.stderr
 
 
 @pytest.mark.parametrize("sync", [True, False], ids=["sync", "no-sync"])

@@ -333,3 +333,49 @@ def test_ctrl_c_at_the_password_prompt_ends_without_a_traceback(pw_server: PgClu
     assert pw_server.psql(
         "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'never_made'"
     ) == "0"  # fmt: skip
+
+
+# -- usage errors -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "ours", "theirs"),
+    [
+        (["--bogus"], "unrecognized arguments: --bogus", "unrecognized option '--bogus'"),
+        (["-s", "-1"], "must be in range 0..2147483", "must be in range 0..2147483"),
+        (["-s", "1.5"], 'invalid value "1.5"', 'invalid value "1.5"'),
+        (["-s", "99999999999"], "must be in range 0..2147483", "must be in range 0..2147483"),
+    ],
+)
+def test_usage_errors_exit_1_with_a_hint(args: list[str], ours: str, theirs: str) -> None:
+    """As pg_receivewal: one error line, a hint to --help, exit status 1 (argparse says 2)."""
+    bindir = find_bindir(15)
+    if bindir is None:
+        pytest.skip("no PostgreSQL 15")
+    for key, program, expected in (
+        ("ours", OURS, ours),
+        ("ref", [str(bindir / "pg_receivewal")], theirs),
+    ):
+        done = subprocess.run(
+            [*program, "-D", "/tmp", *args], capture_output=True, text=True, timeout=30, check=False
+        )
+        assert done.returncode == 1, (key, done.stderr)
+        assert expected in done.stderr, (key, done.stderr)
+        if key == "ours" or args == ["--bogus"]:  # pg_receivewal hints only there
+            assert f'hint: Try "{PROG[key]} --help" for more information.' in done.stderr
+        assert "usage:" not in done.stderr
+
+
+def test_a_directory_that_is_a_file_is_named_as_such(tmp_path: Path) -> None:
+    bindir = find_bindir(15)
+    if bindir is None:
+        pytest.skip("no PostgreSQL 15")
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for key, program in (("ours", OURS), ("ref", [str(bindir / "pg_receivewal")])):
+        done = subprocess.run(
+            [*program, "-d", "host=127.0.0.1 port=1", "-D", str(afile)],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert done.returncode == 1, (key, done.stderr)
+        assert f'could not open directory "{afile}": Not a directory' in done.stderr, key

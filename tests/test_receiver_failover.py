@@ -184,6 +184,7 @@ def test_failover_to_a_standby_that_lagged_behind_the_receiver(  # type: ignore[
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
+    assert "received interrupt signal, exiting" in err
     if fork_in == "an earlier segment":
         assert "continuing on timeline 2" in err
     assert "replay tracking starts again on the new timeline" in err

@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 from walstream.connection import ReplicationConnection, ReplicationStream, StreamEvent, connect
 from walstream.errors import (
@@ -50,7 +50,7 @@ from walstream.lsn import LSN
 from walstream.protocol.replication import XLogData
 from walstream.protocol.standby import StatusPolicy
 from walstream.recovery_options import add_target_arguments, target_from_arguments
-from walstream.wal.directory import Compression, DirectoryMismatch, WalDirectory
+from walstream.wal.directory import Compression, DirectoryMismatch, WalDirectory, check_directory
 from walstream.wal.recovery import RecoveryTarget, TargetReached
 from walstream.wal.segment import parse_history, parse_size_setting, segment_start
 
@@ -105,6 +105,8 @@ class ReceiverOptions:
     def __post_init__(self) -> None:
         if self.synchronous and not self.sync:
             raise ReceiverError("cannot use --synchronous together with --no-sync")
+        if self.status_interval < 0:  # an update would always be due: a busy loop
+            raise ReceiverError(f"status interval must be 0 or more, not {self.status_interval}")
 
 
 @dataclass(frozen=True)
@@ -714,6 +716,9 @@ class WalReceiver:
     def _segment_completed(self, path: Path, timeline: int, segno: int) -> None:
         # Called in the disk thread once the rename is durable.
         self._segments_completed += 1
+        if self._directory is not None:  # pg_receivewal -v's line
+            end = LSN((segno + 1) * self._directory.seg_size)
+            log.info("finished segment at %s (timeline %d)", end, timeline)
         hook = self.options.on_segment_complete
         if hook is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(hook, path)
@@ -735,8 +740,27 @@ timeline switches and, with several hosts in the connection string, failovers.
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """pg_receivewal's usage errors: one line, a hint, exit status 1 (argparse's is 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(1, f'{PROGNAME}: error: {message}\n{PROGNAME}: hint: Try "{PROGNAME} --help" '
+                     "for more information.\n")  # fmt: skip
+
+
+def _status_interval(text: str) -> int:
+    """-s as pg_receivewal parses it: whole seconds, 0 (no periodic updates) to INT_MAX/1000."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'invalid value "{text}"') from None
+    if not 0 <= value <= 2147483:
+        raise argparse.ArgumentTypeError("must be in range 0..2147483")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog=PROGNAME,
         description=_DESCRIPTION,
         add_help=False,
@@ -763,9 +787,9 @@ def _parser() -> argparse.ArgumentParser:
         "-s",
         "--status-interval",
         metavar="SECS",
-        type=float,
-        default=10.0,
-        help="time between status packets sent to server (default: 10)",
+        type=_status_interval,
+        default=10,
+        help="time between status packets sent to server (default: 10; 0: none but replies)",
     )
     o.add_argument("-S", "--slot", metavar="SLOTNAME", help="replication slot to use")
     o.add_argument(
@@ -988,8 +1012,7 @@ def _main(argv: list[str] | None) -> int:
         if not args.directory:
             return fail("no target directory specified")
         directory = Path(args.directory)
-        if not directory.is_dir():
-            return fail(f'could not open directory "{directory}": No such file or directory')
+        check_directory(directory)
         options = ReceiverOptions(
             directory=directory,
             conninfo=args.dbname,
@@ -1073,8 +1096,12 @@ async def _run_cli(options: ReceiverOptions, *, may_ask: bool = False) -> int | 
     _keep_heap()
     receiver = WalReceiver(options)
     loop = asyncio.get_running_loop()
+    def interrupted() -> None:
+        log.warning("received interrupt signal, exiting")  # pg_receivewal's words
+        receiver.stop()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, receiver.stop)
+        loop.add_signal_handler(sig, interrupted)
     try:
         try:
             await receiver.run()

@@ -49,7 +49,14 @@ from walstream.wal.segment import (
     segment_name,
 )
 
-__all__ = ["Compression", "DirectoryMismatch", "DiskError", "WalDirectory", "read_wal_file"]
+__all__ = [
+    "Compression",
+    "DirectoryMismatch",
+    "DiskError",
+    "WalDirectory",
+    "check_directory",
+    "read_wal_file",
+]
 
 log = logging.getLogger("walstream.wal.directory")
 
@@ -273,6 +280,14 @@ class _Segment:
     replaces_size: int = 0  # the old file's uncompressed bytes
 
 
+def check_directory(path: Path) -> None:
+    """Fail as pg_receivewal does on a -D that is missing, a file, or unreadable."""
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_DIRECTORY))
+    except OSError as e:
+        raise DiskError(f'could not open directory "{path}": {e.strerror or e}') from e
+
+
 class WalDirectory:
     """The directory a receiver writes WAL into, with pg_receivewal's layout and rules."""
 
@@ -303,8 +318,7 @@ class WalDirectory:
         self.written = LSN(0)
         self.flushed = LSN(0)
         self._seg: _Segment | None = None
-        if not self.path.is_dir():
-            raise DiskError(f'could not open directory "{self.path}": No such file or directory')
+        check_directory(self.path)
 
     # -- the resume scan ------------------------------------------------------
 
