@@ -400,14 +400,20 @@ def test_keepalive_replies_keep_wal_sender_timeout_away(  # type: ignore[no-unty
     assert "replication timeout" not in cluster.log_path.read_text()
 
 
+def _backlog(pg_factory: Callable[..., PgCluster], slot: str) -> tuple[PgCluster, LSN]:
+    """A 1 MB-segment server whose slot holds a few segments of WAL; WAL past the end too."""
+    cluster = pg_factory(15, wal_segsize_mb=1)
+    cluster.psql(f"SELECT pg_create_physical_replication_slot('{slot}', true)")
+    endpos = _generate_wal(cluster, 4)
+    cluster.psql("INSERT INTO gen VALUES (0, 'past endpos')")
+    return cluster, endpos
+
+
 def test_on_segment_complete_runs_for_each_segment_and_is_waited_for(  # type: ignore[no-untyped-def]
     pg_factory, tmp_path: Path
 ) -> None:
     """%p and %f (quoted), %% a percent sign; failures logged; the receiver waits for them."""
-    cluster: PgCluster = pg_factory(15, wal_segsize_mb=1)
-    cluster.psql("SELECT pg_create_physical_replication_slot('hooked', true)")
-    endpos = _generate_wal(cluster, 4)
-    cluster.psql("INSERT INTO gen VALUES (0, 'past endpos')")
+    cluster, endpos = _backlog(pg_factory, "hooked")
     wal, log = tmp_path / "wal %f dir", tmp_path / "hook.log"  # %p holds a space and a %f
     wal.mkdir()
     hook = f"test -f %p && echo %f 100%% >> {shlex.quote(str(log))}; sleep 1; exit 3"
@@ -489,10 +495,7 @@ def test_a_hung_hook_does_not_keep_the_receiver_from_exiting(  # type: ignore[no
     pg_factory, tmp_path: Path
 ) -> None:
     """Hooks are waited for at exit; a signal during that wait ends it."""
-    cluster: PgCluster = pg_factory(15, wal_segsize_mb=1)
-    cluster.psql("SELECT pg_create_physical_replication_slot('hung', true)")
-    endpos = _generate_wal(cluster, 4)
-    cluster.psql("INSERT INTO gen VALUES (0, 'past endpos')")
+    cluster, endpos = _backlog(pg_factory, "hung")
     wal, pids = tmp_path / "wal", tmp_path / "hook.pids"
     wal.mkdir()
     hook = f"echo $$ >> {pids}; exec sleep 300 </dev/null >/dev/null 2>&1"
