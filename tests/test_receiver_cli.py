@@ -379,3 +379,17 @@ def test_a_directory_that_is_a_file_is_named_as_such(tmp_path: Path) -> None:
         )  # fmt: skip
         assert done.returncode == 1, (key, done.stderr)
         assert f'could not open directory "{afile}": Not a directory' in done.stderr, key
+
+
+def test_password_from_stdin_without_a_terminal(pw_server: PgCluster, tmp_path: Path) -> None:
+    """No controlling terminal (a pipe, a service): -W reads stdin, quietly, as libpq does."""
+    endpos = LSN.parse(pw_server.current_lsn())
+    pw_server.psql("SELECT pg_logical_emit_message(false, 'past', 'endpos')")
+    args = ["-d", pw_server.conninfo("scram_user"), "-D", str(tmp_path), "-n", "-E", str(endpos)]
+    env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
+    done = subprocess.run(
+        [*OURS, *args, "-W"], input="scrampass\n", capture_output=True, text=True,
+        timeout=60, check=False, start_new_session=True, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == "Password: ", done.stderr  # no getpass warnings

@@ -1059,8 +1059,16 @@ def _run_loop(main: Coroutine[Any, Any, int | None]) -> int | None:
 
 def _ask_password() -> str:
     try:
+        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
+    except OSError:
+        # No terminal (a pipe, a service): like libpq's simple_prompt, read a
+        # line from stdin, without getpass's warnings about echoing.
+        sys.stderr.write("Password: ")
+        sys.stderr.flush()
+        return sys.stdin.readline().rstrip("\n")  # "" at end of input: libpq's empty answer
+    try:
         return getpass.getpass("Password: ")
-    except EOFError:  # no terminal and nothing on stdin: libpq's empty answer
+    except EOFError:  # nothing typed before end of input
         return ""
 
 
