@@ -171,7 +171,10 @@ class WalReceiver:
         self._segments_completed = 0
         # (monotonic time, write position) every _RATE_STEP while WAL arrives:
         # the snapshot's rate is taken over the last _RATE_WINDOW of them.
-        self._rate_samples: collections.deque[tuple[float, int]] = collections.deque()
+        # Bounded, so the streaming loop never has to trim it.
+        self._rate_samples: collections.deque[tuple[float, int]] = collections.deque(
+            maxlen=round(_RATE_WINDOW / _RATE_STEP) + 1
+        )
         self._stop = asyncio.Event()
         self._stream: ReplicationStream | None = None
         self._directory: WalDirectory | None = None
@@ -665,17 +668,17 @@ class WalReceiver:
         samples = self._rate_samples
         if not samples or now - samples[-1][0] >= _RATE_STEP:
             samples.append((now, end))
-            while now - samples[0][0] > _RATE_WINDOW:
-                samples.popleft()
 
     def _rate(self, now: float) -> float:
-        """Bytes per second received over the last _RATE_WINDOW (0 when nothing came)."""
-        samples = self._rate_samples
-        while samples and now - samples[0][0] > _RATE_WINDOW:
-            samples.popleft()
-        if not samples or now - samples[0][0] < _RATE_STEP:
+        """Bytes per second received over the last _RATE_WINDOW (0 when nothing came).
+
+        Reads a copy of the samples, so a monitoring thread may call it too.
+        """
+        recent = [s for s in list(self._rate_samples) if now - s[0] <= _RATE_WINDOW]
+        if not recent or now - recent[0][0] < _RATE_STEP:
             return 0.0
-        return max(0, self.policy.write - samples[0][1]) / (now - samples[0][0])
+        then, mark = recent[0]
+        return max(0, self.policy.write - mark) / (now - then)
 
     def _send_due_status(self) -> None:
         stream = self._stream
@@ -1104,6 +1107,7 @@ async def _run_cli(options: ReceiverOptions, *, may_ask: bool = False) -> int | 
     _keep_heap()
     receiver = WalReceiver(options)
     loop = asyncio.get_running_loop()
+
     def interrupted() -> None:
         log.warning("received interrupt signal, exiting")  # pg_receivewal's words
         receiver.stop()
