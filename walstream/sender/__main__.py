@@ -1,0 +1,7 @@
+"""``python -m walstream.sender``."""
+
+import sys
+
+from walstream.sender import main
+
+sys.exit(main())
