@@ -30,8 +30,9 @@ import pytest
 
 from walstream.errors import RecoveryTargetUnreachable
 from walstream.lsn import LSN
+from walstream.pgtypes import pg_usecs
 from walstream.wal.decoder import WalDecoder
-from walstream.wal.recovery import RecoveryTarget, pg_usecs
+from walstream.wal.recovery import RecoveryTarget
 from walstream.wal.replay import ReplayState
 from walstream.wal.rmgr import XactRecord
 

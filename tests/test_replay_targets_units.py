@@ -19,6 +19,7 @@ import pytest
 
 from walstream.errors import RecoveryTargetError, RecoveryTargetUnreachable
 from walstream.lsn import LSN
+from walstream.pgtypes import pg_usecs
 from walstream.wal.recovery import (
     RecoveryTarget,
     TargetReached,
@@ -29,7 +30,6 @@ from walstream.wal.recovery import (
     parse_timeline,
     parse_timestamptz,
     parse_xid,
-    pg_usecs,
 )
 from walstream.wal.replay import ReplayState
 

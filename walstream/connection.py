@@ -36,6 +36,7 @@ from walstream.errors import (
     ServerError,
 )
 from walstream.lsn import LSN
+from walstream.pgtypes import pg_time_from_unix
 from walstream.protocol import commands
 from walstream.protocol import messages as m
 from walstream.protocol.auth import Authenticator
@@ -59,7 +60,6 @@ from walstream.protocol.replication import (
     PrimaryKeepalive,
     StandbyStatusUpdate,
     XLogData,
-    pg_time_from_unix,
 )
 from walstream.tls import TlsPolicy, check_host_name, make_context
 

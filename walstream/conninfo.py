@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from walstream.errors import ConnInfoError
+from walstream.pgtypes import parse_bool
 
 __all__ = [
     "DEFAULT_PORT",
@@ -532,7 +533,7 @@ class ConnectParams:
         The server reads the value with its boolean parser; only the exact
         string ``database`` means a logical (database-bound) walsender.
         """
-        return self.replication is not None and _parse_bool(self.replication) is True
+        return self.replication is not None and parse_bool(self.replication) is True
 
     def startup_parameters(self) -> dict[str, str]:
         """The StartupMessage parameters, in the order libpq sends them.
@@ -615,7 +616,7 @@ def resolve(
     env: Mapping[str, str] = os.environ if environ is None else environ
     options = _explicit_options(conninfo, params)
     _apply_service(options, env)
-    if "dbname" not in options and _parse_bool(options.get("replication", "")) is True:
+    if "dbname" not in options and parse_bool(options.get("replication", "")) is True:
         options["dbname"] = "replication"
     _apply_defaults(options, env)
     return _finish(options, env)
@@ -806,16 +807,6 @@ def _parse_int_param(value: str, keyword: str) -> int:
     if number is None or k != n or not -(2**31) <= number < 2**31:
         raise ConnInfoError(f'invalid integer value "{value}" for connection option "{keyword}"')
     return number
-
-
-def _parse_bool(value: str) -> bool | None:
-    """The server's parse_bool(): how a walsender reads ``replication``."""
-    v = value.lower()
-    if v and ("true".startswith(v) or "yes".startswith(v) or v in ("1", "on")):
-        return True
-    if v and ("false".startswith(v) or "no".startswith(v) or v in ("0", "of", "off")):
-        return False
-    return None
 
 
 def _invalid(keyword: str, value: str) -> ConnInfoError:

@@ -3,16 +3,16 @@
 Server to client: XLogData ``'w'`` and primary keepalive ``'k'``.
 Client to server: standby status update ``'r'`` and hot standby feedback ``'h'``.
 
-Timestamps are PostgreSQL's: int64 microseconds since 2000-01-01 00:00 UTC.
-They are plain arguments here (never read from a clock) so that the state
-machines stay deterministic and testable.
+Timestamps are PostgreSQL's: int64 microseconds since 2000-01-01 00:00 UTC
+(:mod:`walstream.pgtypes` converts them). They are plain arguments here
+(never read from a clock) so that the state machines stay deterministic and
+testable.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from walstream.errors import ProtocolViolation
@@ -20,40 +20,21 @@ from walstream.lsn import LSN
 
 __all__ = [
     "MAX_LSN",
-    "POSTGRES_EPOCH_UNIX",
     "HotStandbyFeedback",
     "PrimaryKeepalive",
     "StandbyStatusUpdate",
     "XLogData",
     "check_xlog_range",
-    "datetime_from_pg",
     "decode_client_copy_data",
     "decode_server_copy_data",
-    "pg_time_from_unix",
-    "unix_from_pg_time",
 ]
 
 MAX_LSN: Final = 0xFFFFFFFFFFFFFFFF
-POSTGRES_EPOCH_UNIX: Final = 946684800  # 2000-01-01 00:00:00 UTC as a Unix time
-_PG_EPOCH: Final = datetime(2000, 1, 1, tzinfo=UTC)
 
 XLOGDATA_HEADER: Final = struct.Struct("!QQq")  # dataStart, walEnd, sendTime
 _KEEPALIVE: Final = struct.Struct("!Qq?")
 _STATUS: Final = struct.Struct("!QQQq?")
 _FEEDBACK: Final = struct.Struct("!qIIII")
-
-
-def pg_time_from_unix(seconds: float) -> int:
-    """Microseconds since the PostgreSQL epoch for a Unix time in seconds."""
-    return round((seconds - POSTGRES_EPOCH_UNIX) * 1_000_000)
-
-
-def unix_from_pg_time(pg_time: int) -> float:
-    return pg_time / 1_000_000 + POSTGRES_EPOCH_UNIX
-
-
-def datetime_from_pg(pg_time: int) -> datetime:
-    return _PG_EPOCH + timedelta(microseconds=pg_time)
 
 
 # Not frozen: a frozen dataclass's __init__ costs about four times as much

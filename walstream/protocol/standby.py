@@ -23,7 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from walstream.lsn import INVALID_LSN, LSN
-from walstream.protocol.replication import StandbyStatusUpdate, pg_time_from_unix
+from walstream.pgtypes import pg_time_from_unix
+from walstream.protocol.replication import StandbyStatusUpdate
 
 __all__ = ["StatusPolicy"]
 

@@ -52,6 +52,7 @@ from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Final, Literal, cast
 
+from walstream import pgtypes
 from walstream.errors import RecoveryTargetError
 from walstream.lsn import LSN
 
@@ -69,7 +70,6 @@ __all__ = [
     "parse_timeline",
     "parse_timestamptz",
     "parse_xid",
-    "pg_usecs",
 ]
 
 TargetKind = Literal["unset", "immediate", "lsn", "xid", "time", "name"]
@@ -77,8 +77,6 @@ TargetAction = Literal["pause", "promote", "shutdown"]
 TargetTimeline = int | Literal["latest", "current"]
 
 MAX_NAME_BYTES: Final = 63  # MAXFNAMELEN - 1: a restore point name's limit
-_PG_EPOCH: Final = datetime(2000, 1, 1, tzinfo=UTC)
-_USEC: Final = timedelta(microseconds=1)
 _SETTINGS: Final = (
     "recovery_target",
     "recovery_target_lsn",
@@ -100,11 +98,6 @@ _ALIASES: Final = {"target": "recovery_target"} | {
     k: f"recovery_target_{k}"
     for k in ("lsn", "xid", "time", "name", "inclusive", "action", "timeline")
 }
-
-
-def pg_usecs(when: datetime) -> int:
-    """An aware datetime as a TimestampTz: microseconds since 2000-01-01 UTC."""
-    return (when - _PG_EPOCH) // _USEC
 
 
 def _invalid(setting: str, value: str, detail: str | None = None) -> RecoveryTargetError:
@@ -453,17 +446,11 @@ def parse_name(text: str, setting: str = "recovery_target_name") -> str:
     return text
 
 
-_TRUE: Final = ("true", "yes", "on", "1")
-_FALSE: Final = ("false", "no", "off", "0")
-
-
 def parse_bool(text: str, setting: str = "recovery_target_inclusive") -> bool:
-    """PostgreSQL's boolean: any unique prefix of true/false/yes/no, on/off (of), 1/0."""
-    t = text.lower()
-    if t and ("true".startswith(t) or "yes".startswith(t) or t in ("on", "1")):
-        return True
-    if t and ("false".startswith(t) or "no".startswith(t) or t in ("of", "off", "0")):
-        return False
+    """A boolean setting as the server reads it (:func:`walstream.pgtypes.parse_bool`)."""
+    value = pgtypes.parse_bool(text)
+    if value is not None:
+        return value
     raise RecoveryTargetError(
         setting, text, message=f'parameter "{setting}" requires a Boolean value'
     )

@@ -14,12 +14,12 @@ from typing import Final, cast
 
 from walstream.errors import RecoveryTargetUnreachable, WalCorruption
 from walstream.lsn import LSN
+from walstream.pgtypes import pg_usecs
 from walstream.wal.decoder import XLOG_BLCKSZ, WalDecoder
 from walstream.wal.recovery import (
     RecoveryTarget,
     TargetReached,
     backup_end_start,
-    pg_usecs,
     restore_point_name,
 )
 from walstream.wal.rmgr import (

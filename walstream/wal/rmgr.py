@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Final
 
 from walstream.errors import WalCorruption
 from walstream.lsn import LSN
+from walstream.pgtypes import datetime_from_pg
 
 __all__ = [
     "MAGIC_VERSIONS",
@@ -36,7 +37,6 @@ __all__ = [
     "RunningXacts",
     "XactRecord",
     "decode_payload",
-    "pg_timestamp",
     "record_type_name",
     "rmgr_id",
     "rmgr_name",
@@ -312,20 +312,6 @@ def record_type_name(rmid: int, info: int, version: int = 18) -> str:
 # Payloads
 # ---------------------------------------------------------------------------
 
-_PG_EPOCH: Final = datetime(2000, 1, 1, tzinfo=UTC)
-
-
-def pg_timestamp(usecs: int) -> datetime | None:
-    """A TimestampTz (microseconds since 2000-01-01 UTC) as an aware datetime.
-
-    None for values a datetime cannot hold (PostgreSQL's -infinity/infinity).
-    """
-    try:
-        return _PG_EPOCH + timedelta(microseconds=usecs)
-    except OverflowError:
-        return None
-
-
 def _unix_time(seconds: int) -> datetime | None:
     try:
         return datetime.fromtimestamp(seconds, UTC)
@@ -542,7 +528,7 @@ def _xact(data: bytes, info: int, xl_xid: int, lsn: int, version: int) -> XactRe
         origin_lsn = origin_time = None
         if xinfo & XACT_XINFO_HAS_ORIGIN:
             o_lsn, o_time = _QQ.unpack_from(data, p)
-            origin_lsn, origin_time = LSN(o_lsn & 0xFFFFFFFFFFFFFFFF), pg_timestamp(o_time)
+            origin_lsn, origin_time = LSN(o_lsn & 0xFFFFFFFFFFFFFFFF), datetime_from_pg(o_time)
             p += 16
         if p > len(data) or min(subxacts, default=0) < 0:
             raise ValueError
@@ -553,7 +539,7 @@ def _xact(data: bytes, info: int, xl_xid: int, lsn: int, version: int) -> XactRe
         xid=twophase_xid
         if twophase_xid is not None and op in (XACT_COMMIT_PREPARED, XACT_ABORT_PREPARED)
         else xl_xid,
-        xact_time=pg_timestamp(xact_time),
+        xact_time=datetime_from_pg(xact_time),
         xact_time_raw=xact_time,
         xinfo=xinfo,
         db_id=db_id,
@@ -588,7 +574,7 @@ def _prepare(data: bytes, lsn: int, version: int) -> XactRecord:
     return XactRecord(
         kind="PREPARE",
         xid=xid,
-        xact_time=pg_timestamp(prepared_at),
+        xact_time=datetime_from_pg(prepared_at),
         xact_time_raw=prepared_at,
         xinfo=0,
         db_id=database,
@@ -598,7 +584,7 @@ def _prepare(data: bytes, lsn: int, version: int) -> XactRecord:
         twophase_xid=xid,
         gid=gid,
         origin_lsn=LSN(origin_lsn) if origin_lsn else None,
-        origin_time=pg_timestamp(origin_time) if origin_lsn else None,
+        origin_time=datetime_from_pg(origin_time) if origin_lsn else None,
     )
 
 
@@ -640,17 +626,17 @@ def decode_payload(
             _need(main_data, 72, lsn, "restore point")
             (t,) = struct.unpack_from("<q", main_data)
             name = main_data[8:72].split(b"\0", 1)[0].decode("utf-8", "replace")
-            return RestorePoint(pg_timestamp(t), name)
+            return RestorePoint(datetime_from_pg(t), name)
         if op == 0x90:
             size = 20 if version >= 18 else 16
             _need(main_data, size, lsn, "end-of-recovery")
             t, tli, prev_tli = struct.unpack_from("<qII", main_data)
             wal_level = _I32.unpack_from(main_data, 16)[0] if version >= 18 else None
-            return EndOfRecovery(pg_timestamp(t), tli, prev_tli, wal_level)
+            return EndOfRecovery(datetime_from_pg(t), tli, prev_tli, wal_level)
         if op == 0xD0:
             _need(main_data, 16, lsn, "overwrite-contrecord")
             over, t = struct.unpack_from("<Qq", main_data)
-            return OverwriteContrecord(LSN(over), pg_timestamp(t))
+            return OverwriteContrecord(LSN(over), datetime_from_pg(t))
         return None
     if rmid == RM_XACT:
         xop = info & 0x70
