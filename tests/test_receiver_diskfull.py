@@ -15,7 +15,7 @@ import pytest
 from walstream import LSN
 from walstream.protocol.replication import XLogData
 from walstream.receiver import ReceiverOptions, WalReceiver
-from walstream.wal.directory import DiskError
+from walstream.storage.directory import DiskError
 from walstream.wal.segment import parse_segment_name
 
 from .pgcluster import PgCluster

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from walstream import LSN
-from walstream.wal.directory import Compression, DirectoryMismatch, WalDirectory
+from walstream.storage.compression import Compression
+from walstream.storage.directory import DirectoryMismatch, WalDirectory
 
 SEG = 1024 * 1024
 NAME = "000000010000000000000003"

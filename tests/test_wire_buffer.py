@@ -31,7 +31,7 @@ from walstream.lsn import LSN
 from walstream.protocol.client import ClientConnection, ConnectionClosed
 from walstream.protocol.replication import PrimaryKeepalive, XLogData
 from walstream.protocol.server import ServerConnection
-from walstream.wal.directory import DiskError
+from walstream.storage.directory import DiskError
 
 PARAMS = {"user": "rep", "database": "replication", "replication": "true"}
 

@@ -6,7 +6,7 @@
 
 How the pieces fit: the connection delivers XLogData in batches (everything
 one socket read completed); each batch is written by the disk layer
-(:mod:`walstream.wal.directory`, which owns pre-padding, fsync, rename and
+(:mod:`walstream.storage.directory`, which owns pre-padding, fsync, rename and
 compression) in a dedicated worker thread, so the event loop stays free to
 send status updates while the disk is slow; in synchronous mode the batch is
 fsynced before the status update that reports it goes out, and small batches
@@ -50,7 +50,8 @@ from walstream.lsn import LSN
 from walstream.protocol.replication import XLogData
 from walstream.protocol.standby import StatusPolicy
 from walstream.recovery_options import add_target_arguments, target_from_arguments
-from walstream.wal.directory import Compression, DirectoryMismatch, WalDirectory, check_directory
+from walstream.storage.compression import Compression
+from walstream.storage.directory import DirectoryMismatch, WalDirectory, check_directory
 from walstream.wal.recovery import RecoveryTarget, TargetReached
 from walstream.wal.segment import parse_history, parse_size_setting, segment_start
 

@@ -24,9 +24,7 @@ import concurrent.futures
 import contextlib
 import json
 import logging
-import re
 import signal
-import struct
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -37,22 +35,17 @@ from typing import Final
 from walstream.errors import Error, WalCorruption
 from walstream.lsn import LSN
 from walstream.recovery_options import add_target_arguments, target_from_arguments
+from walstream.storage.reader import SegmentFile, WalReader
 from walstream.wal.decoder import InvalidRecord
-from walstream.wal.directory import read_wal_file
 from walstream.wal.recovery import RecoveryTarget, TargetReached
 from walstream.wal.replay import ReplayState
 from walstream.wal.segment import (
-    COMPRESSION_SUFFIXES,
     HistoryEntry,
     HistoryFileError,
     SegmentName,
     TimelineSpan,
-    check_seg_size,
     expected_timelines,
-    history_file_name,
-    parse_history,
     parse_segment_name,
-    segment_name,
     timelines_for_segment,
 )
 
@@ -225,13 +218,6 @@ class StartupError(Error):
     """The startup role cannot go on: corrupt WAL, a target never reached, a bad directory."""
 
 
-@dataclass(slots=True)
-class _SegmentFile:
-    path: Path
-    timeline: int
-    complete: bool
-
-
 class StartupService:
     """Replay (decode, verify, track) the WAL of a directory, in LSN order, across timelines.
 
@@ -258,6 +244,7 @@ class StartupService:
         self.on_replayed = on_replayed
         self.state: ReplayState | None = None
         self.seg_size: int | None = None
+        self._reader = WalReader(options.directory)
         self._spans: list[TimelineSpan] = []
         self._target_tli = 0
         self._file_tli = 0
@@ -385,7 +372,7 @@ class StartupService:
         files = self._segment_files()
         # The first segment with a written page header gives the segment size:
         # a receiver's newest .partial may still be all zeros.
-        seg_size = next((size for path in files if (size := _segment_size(path))), None)
+        seg_size = next((size for path in files if (size := self._segment_size(path))), None)
         if seg_size is None:
             if self.options.follow:
                 return False
@@ -405,11 +392,15 @@ class StartupService:
         return True
 
     def _segment_files(self) -> list[Path]:
-        return sorted(
-            p
-            for p in self.options.directory.iterdir()
-            if _SEGMENT_NAME.fullmatch(p.name) and p.is_file()
-        )
+        return self._reader.segment_files()
+
+    def _segment_size(self, path: Path) -> int | None:
+        try:
+            return self._reader.segment_size(path)
+        except OSError as e:
+            raise StartupError(f'could not read "{path}": {e.strerror}') from None
+        except ValueError as e:
+            raise StartupError(f'WAL file "{path}": {e}') from None
 
     def _names(self, files: list[Path]) -> list[SegmentName]:
         assert self.seg_size is not None
@@ -420,31 +411,18 @@ class StartupService:
         return name.timeline in timelines_for_segment(name.segno, self._spans, self.seg_size)
 
     def _history(self, tli: int) -> list[HistoryEntry]:
-        if tli == 1:
-            return []
-        path = self.options.directory / history_file_name(tli)
+        path = self._reader.history_path(tli)
         try:
-            content = _read_file(path)
+            return self._reader.history(tli)
         except FileNotFoundError:
             raise StartupError(f'timeline history file "{path}" is missing') from None
         except OSError as e:
             raise StartupError(f'could not read "{path}": {e.strerror}') from None
-        try:
-            entries = parse_history(content)
         except HistoryFileError as e:
             raise StartupError(f'"{path}": {e}') from None
-        if entries and entries[-1].parent_tli >= tli:
-            raise StartupError(f'"{path}": timeline {tli} cannot descend from a later one')
-        return entries
 
     def _latest_timeline(self) -> int:
-        """The highest timeline with a history file (or segments), as findNewestTimeLine."""
-        best = 1
-        for p in self.options.directory.iterdir():
-            m = _HISTORY_NAME.fullmatch(p.name)
-            if m is not None:
-                best = max(best, int(m.group(1), 16))
-        return best
+        return self._reader.latest_timeline()
 
     def _choose_timeline(self, files: list[Path]) -> None:
         wanted = self.options.target.timeline
@@ -493,17 +471,14 @@ class StartupService:
         self._spans = spans
         return True
 
-    def _find(self, segno: int) -> _SegmentFile | None:
+    def _find(self, segno: int) -> SegmentFile | None:
         assert self.seg_size is not None
         for tli in timelines_for_segment(segno, self._spans, self.seg_size):
             if tli < self._file_tli:
                 break  # never go back to an older timeline's files
-            base = self.options.directory / segment_name(tli, segno, self.seg_size)
-            for suffix in COMPRESSION_SUFFIXES:
-                for partial in (False, True):
-                    path = base.with_name(base.name + suffix + (".partial" if partial else ""))
-                    if path.is_file():
-                        return _SegmentFile(path, tli, not partial)
+            found = self._reader.find(tli, segno, self.seg_size)
+            if found is not None:
+                return found
         return None
 
     def _step(self) -> bool:
@@ -528,7 +503,7 @@ class StartupService:
         # A bounded piece at a time: segments may be up to 1 GB.
         want = min(seg - offset, _READ_CHUNK)
         try:
-            data = _read_file(found.path, offset, want)
+            data = self._reader.read(found.path, offset, want)
         except OSError as e:
             raise StartupError(f'could not read "{found.path}": {e.strerror}') from None
         if found.complete and len(data) != want:
@@ -563,38 +538,6 @@ class StartupService:
 
 
 _READ_CHUNK: Final = 16 * 1024 * 1024
-
-_SEGMENT_NAME: Final = re.compile(r"[0-9A-F]{24}(\.gz|\.lz4|\.zst)?(\.partial)?")
-_HISTORY_NAME: Final = re.compile(r"([0-9A-F]{8})\.history")
-
-
-def _read_file(path: Path, offset: int = 0, size: int = -1) -> bytes:
-    """Bytes of a WAL or history file; compressed segments are decompressed whole."""
-    if path.name.removesuffix(".partial").endswith((".gz", ".lz4", ".zst")):
-        data = read_wal_file(path)
-        return data[offset : offset + size] if size >= 0 else data[offset:]
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.read(size)
-
-
-def _segment_size(path: Path) -> int | None:
-    """The segment size from the long page header (xlp_seg_size), as pg_waldump finds it.
-
-    None for a file with no page header yet (empty, or zeros ahead of the data).
-    """
-    try:
-        head = _read_file(path, 0, 40)
-    except OSError as e:
-        raise StartupError(f'could not read "{path}": {e.strerror}') from None
-    if len(head) < 40 or not any(head):
-        return None
-    (seg_size,) = struct.unpack_from("<I", head, 32)
-    try:
-        return check_seg_size(seg_size)
-    except ValueError as e:
-        raise StartupError(f'WAL file "{path}": {e}') from None
-
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

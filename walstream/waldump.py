@@ -32,7 +32,8 @@ from typing import Final, TextIO
 
 from walstream.errors import WalCorruption
 from walstream.lsn import LSN
-from walstream.wal.decoder import FORK_NAMES, Record, RecordStats, WalDecoder
+from walstream.storage.reader import WalReader
+from walstream.wal.decoder import FORK_NAMES, XLOG_BLCKSZ, Record, RecordStats, WalDecoder
 from walstream.wal.rmgr import (
     RMGR_NAMES,
     CheckPoint,
@@ -45,12 +46,17 @@ from walstream.wal.rmgr import (
     rmgr_id,
     rmgr_name,
 )
-from walstream.wal.segment import parse_segment_name, segment_name
+from walstream.wal.segment import (
+    LongPageHeader,
+    check_seg_size,
+    is_segment_file_name,
+    parse_segment_name,
+    segment_name,
+)
 
 __all__ = ["main"]
 
 PROGNAME: Final = "walstream waldump"
-_WAL_NAME: Final = re.compile(r"[0-9A-F]{24}")
 _READ_CHUNK: Final = 16 * 1024 * 1024
 _PART_MIN: Final = 64 * 1024 * 1024  # WAL per process when --stats scans in parallel
 _XACT_END: Final = frozenset({0x00, 0x20, 0x30, 0x40})  # COMMIT, ABORT, *_PREPARED
@@ -105,18 +111,18 @@ def _parse_file_name(name: str, seg_size: int) -> tuple[int, int]:
 
 
 def _segment_size_of(path: Path) -> int:
-    with open(path, "rb") as f:
-        head = f.read(8192)
-    if len(head) != 8192:
-        raise _Fatal(f'could not read file "{path.name}": read {len(head)} of 8192')
-    seg_size = int.from_bytes(head[32:36], "little")
-    if seg_size < 1024 * 1024 or seg_size > 1024**3 or seg_size & (seg_size - 1):
+    head = WalReader(path.parent).read(path, 0, XLOG_BLCKSZ)
+    header = LongPageHeader.parse(head)
+    if header is None or len(head) != XLOG_BLCKSZ:
+        raise _Fatal(f'could not read file "{path.name}": read {len(head)} of {XLOG_BLCKSZ}')
+    try:
+        return check_seg_size(header.seg_size)
+    except ValueError:
         raise _Fatal(
-            f'invalid WAL segment size in WAL file "{path.name}" ({seg_size} bytes)\n'
+            f'invalid WAL segment size in WAL file "{path.name}" ({header.seg_size} bytes)\n'
             f"{PROGNAME}: detail: The WAL segment size must be a power of two between 1 MB "
             "and 1 GB."
-        )
-    return seg_size
+        ) from None
 
 
 def _search_directory(directory: Path, fname: str | None) -> int | None:
@@ -129,7 +135,7 @@ def _search_directory(directory: Path, fname: str | None) -> int | None:
     except OSError:
         return None
     for name in names:
-        if _WAL_NAME.fullmatch(name):
+        if is_segment_file_name(name, plain=True):
             return _segment_size_of(directory / name)
     return None
 
@@ -316,7 +322,7 @@ def _configure(args: argparse.Namespace) -> _Config:
         directory, seg_size = _identify_target_directory(waldir, fname)
         if not (directory / fname).is_file():
             raise _Fatal(f'could not open file "{fname}"')
-        if not _WAL_NAME.fullmatch(fname):
+        if not is_segment_file_name(fname, plain=True):
             raise _Fatal(f'could not parse WAL file name "{fname}"')
         timeline, segno = _parse_file_name(fname, seg_size)
         if start is None:
@@ -376,6 +382,7 @@ def _feeds(cfg: _Config, decoder: WalDecoder) -> Iterator[None]:
     """
     pos = cfg.start - cfg.start % 8192
     end = cfg.end
+    reader = WalReader(cfg.waldir)
     while decoder.outcome is None:
         fed = decoder.fed_end
         if fed is not None:
@@ -383,34 +390,37 @@ def _feeds(cfg: _Config, decoder: WalDecoder) -> Iterator[None]:
         if end is not None and pos >= end:
             return
         segno = pos // cfg.seg_size
-        name = segment_name(cfg.timeline, segno, cfg.seg_size)
-        path = cfg.waldir / name
-        if not path.is_file():
-            partial = cfg.waldir / (name + ".partial")
-            if cfg.partial and partial.is_file():
-                path = partial
-            else:
-                raise _Fatal(f'could not find file "{name}": No such file or directory')
+        path = _find(cfg, segno)
         offset = pos % cfg.seg_size
         want = cfg.seg_size - offset
         if end is not None:
             want = min(want, end - pos)
-        with open(path, "rb") as f:
-            f.seek(offset)
-            while want > 0:
-                chunk = f.read(min(want, _READ_CHUNK))
-                if not chunk:
-                    raise _Fatal(
-                        f'could not read from file "{name}", offset {offset}: read 0 of '
-                        f"{min(want, _READ_CHUNK)}"
-                    )
-                decoder.feed(pos, chunk)
-                pos += len(chunk)
-                offset += len(chunk)
-                want -= len(chunk)
-                yield
-                if decoder.outcome is not None:
-                    return
+        while want > 0:
+            chunk = reader.read(path, offset, min(want, _READ_CHUNK))
+            if not chunk:
+                name = segment_name(cfg.timeline, segno, cfg.seg_size)
+                raise _Fatal(
+                    f'could not read from file "{name}", offset {offset}: read 0 of '
+                    f"{min(want, _READ_CHUNK)}"
+                )
+            decoder.feed(pos, chunk)
+            pos += len(chunk)
+            offset += len(chunk)
+            want -= len(chunk)
+            yield
+            if decoder.outcome is not None:
+                return
+
+
+def _find(cfg: _Config, segno: int) -> Path:
+    """The file of a segment, as pg_waldump looks for it: plain, then (ours) ``.partial``."""
+    found = WalReader(cfg.waldir).find(
+        cfg.timeline, segno, cfg.seg_size, suffixes=("",), partial=cfg.partial
+    )
+    if found is None:
+        name = segment_name(cfg.timeline, segno, cfg.seg_size)
+        raise _Fatal(f'could not find file "{name}": No such file or directory')
+    return found.path
 
 
 def _read_records(cfg: _Config, decoder: WalDecoder) -> Iterator[Record]:
@@ -891,13 +901,8 @@ def _replace_start(cfg: _Config, start: int) -> _Config:
 
 def _page_header_fields(cfg: _Config, page: int) -> tuple[int, int]:
     """(xlp_info, xlp_tli) of the page at ``page`` (its file was just read: it exists)."""
-    name = segment_name(cfg.timeline, page // cfg.seg_size, cfg.seg_size)
-    path = cfg.waldir / name
-    if not path.is_file():
-        path = cfg.waldir / (name + ".partial")
-    with open(path, "rb") as f:
-        f.seek(page % cfg.seg_size)
-        head = f.read(8)
+    path = _find(cfg, page // cfg.seg_size)
+    head = WalReader(cfg.waldir).read(path, page % cfg.seg_size, 8)
     return int.from_bytes(head[2:4], "little"), int.from_bytes(head[4:8], "little")
 
 

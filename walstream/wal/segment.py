@@ -9,6 +9,7 @@ remainder, so the split depends on the segment size.
 from __future__ import annotations
 
 import re
+import struct
 from dataclasses import dataclass
 from typing import Final
 
@@ -17,11 +18,15 @@ from walstream.lsn import LSN
 
 __all__ = [
     "COMPRESSION_SUFFIXES",
+    "LONG_PAGE_HEADER_SIZE",
     "HistoryEntry",
+    "LongPageHeader",
     "SegmentName",
     "TimelineSpan",
     "expected_timelines",
     "history_file_name",
+    "history_timeline",
+    "is_segment_file_name",
     "parse_history",
     "parse_segment_name",
     "parse_size_setting",
@@ -39,6 +44,7 @@ COMPRESSION_SUFFIXES: Final = ("", ".gz", ".lz4", ".zst")
 _SEGMENT_RE: Final = re.compile(
     r"([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})(\.gz|\.lz4|\.zst)?(\.partial)?"
 )
+_HISTORY_RE: Final = re.compile(r"([0-9A-F]{8})\.history")
 _SIZE_RE: Final = re.compile(r"(\d+)\s*(kB|MB|GB)")
 _UNITS: Final = {"kB": 1024, "MB": 1024 * 1024, "GB": 1024 * 1024 * 1024}
 
@@ -91,6 +97,16 @@ class SegmentName:
         )
 
 
+def is_segment_file_name(name: str, *, plain: bool = False) -> bool:
+    """Whether ``name`` is a segment file's name; ``plain``: without suffixes (IsXLogFileName).
+
+    Needs no segment size, so it serves to find the first file whose header
+    tells the size.
+    """
+    m = _SEGMENT_RE.fullmatch(name)
+    return m is not None and not (plain and (m.group(4) or m.group(5)))
+
+
 def parse_segment_name(name: str, seg_size: int) -> SegmentName | None:
     """The parts of a segment file name as pg_receivewal writes them, or None."""
     m = _SEGMENT_RE.fullmatch(name)
@@ -105,6 +121,55 @@ def parse_segment_name(name: str, seg_size: int) -> SegmentName | None:
 
 def history_file_name(timeline: int) -> str:
     return f"{timeline:08X}.history"
+
+
+def history_timeline(name: str) -> int | None:
+    """The timeline a ``%08X.history`` file name is for, or None for any other name."""
+    m = _HISTORY_RE.fullmatch(name)
+    return int(m.group(1), 16) if m is not None else None
+
+
+LONG_PAGE_HEADER_SIZE: Final = 40  # SizeOfXLogLongPHD
+_LONG_PAGE_HEADER: Final = struct.Struct("<HHIQIxxxxQII")
+_XLP_LONG_HEADER: Final = 0x0002
+
+
+@dataclass(frozen=True, slots=True)
+class LongPageHeader:
+    """XLogLongPageHeaderData, the header of a segment's first page.
+
+    What a file says about itself without decoding any record: the page
+    magic (hence the PostgreSQL major version that wrote it), the timeline,
+    the system identifier and the segment size. The decoder checks these
+    inline, page by page; everything else that looks at a file reads them here.
+    """
+
+    magic: int
+    info: int
+    timeline: int
+    pageaddr: LSN
+    system_identifier: int
+    seg_size: int
+    xlog_blcksz: int
+
+    @property
+    def is_long(self) -> bool:
+        """The page says it has a long header (XLP_LONG_HEADER): the fields past 24 are real."""
+        return bool(self.info & _XLP_LONG_HEADER)
+
+    @classmethod
+    def parse(cls, head: bytes | bytearray | memoryview) -> LongPageHeader | None:
+        """The fields at the start of ``head``, unchecked (as pg_waldump reads them); None if short.
+
+        Callers decide what they trust: a receiver's newest ``.partial`` may
+        still be all zeros, and pg_waldump takes xlp_seg_size as it finds it.
+        """
+        if len(head) < LONG_PAGE_HEADER_SIZE:
+            return None
+        magic, info, tli, addr, _rem, sysid, seg_size, blcksz = _LONG_PAGE_HEADER.unpack_from(
+            head
+        )
+        return cls(magic, info, tli, LSN(addr), sysid, seg_size, blcksz)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""A pg_receivewal-compatible WAL directory: every disk decision of the receiver.
+"""Writing a pg_receivewal-compatible WAL directory: every disk decision of the receiver.
 
 The files are byte for byte what pg_receivewal 15+ writes, so either tool
 can resume a directory the other wrote:
@@ -7,9 +7,8 @@ can resume a directory the other wrote:
   when their last byte is written; uncompressed ones are first filled with
   zeros to full size (so a ``.partial`` is always full size), compressed ones
   are not;
-* gzip output is zlib's gzip stream (the header zlib's gz* API writes), with
-  a sync flush only when syncing and a final block on every close;
-  lz4 is an LZ4 frame with default preferences; zstd (``.zst``) is ours;
+* compressed files (:mod:`~walstream.storage.compression`) get a sync flush
+  only when syncing and a final block on every close;
 * fsync rules: a new file and its directory after creation; at completion
   the file, the rename, the new name and the directory (``durable_rename``);
   on close without rename the file and the directory; ``--no-sync`` does
@@ -34,15 +33,22 @@ import errno
 import logging
 import os
 import struct
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Final
 
 from walstream.errors import Error
 from walstream.lsn import LSN
+from walstream.storage.compression import (
+    Compression,
+    Compressor,
+    decompress_file,
+    make_compressor,
+)
 from walstream.wal.segment import (
+    LONG_PAGE_HEADER_SIZE,
+    LongPageHeader,
     check_seg_size,
     history_file_name,
     parse_segment_name,
@@ -50,23 +56,17 @@ from walstream.wal.segment import (
 )
 
 __all__ = [
-    "Compression",
     "DirectoryMismatch",
     "DiskError",
     "WalDirectory",
     "check_directory",
-    "read_wal_file",
 ]
 
-log = logging.getLogger("walstream.wal.directory")
+log = logging.getLogger("walstream.storage.directory")
 
-_PAGE: Final = 8192  # XLOG_BLCKSZ
 _ZEROS: Final = bytes(1024 * 1024)  # pre-padding buffer (segments are multiples of 1 MiB)
 _IOV_MAX: Final = 1024  # Linux's limit on buffers per pwritev
 _PWRITEV: Final = hasattr(os, "pwritev")
-_LONG_HEADER: Final = struct.Struct("<HHIQIIQII")  # xlp_* of a segment's first page
-_METHODS: Final = {"none": "", "gzip": ".gz", "lz4": ".lz4", "zstd": ".zst"}
-_LEVELS: Final = {"gzip": (1, 9, 6), "lz4": (1, 12, None), "zstd": (1, 22, None)}
 
 
 class DiskError(Error):
@@ -75,144 +75,6 @@ class DiskError(Error):
 
 class DirectoryMismatch(Error):
     """The directory holds WAL that cannot belong to this stream."""
-
-
-@dataclass(frozen=True)
-class Compression:
-    """pg_receivewal's ``-Z`` (none, gzip[:N], lz4[:N], a gzip level), and zstd[:N]."""
-
-    method: str = "none"
-    level: int | None = None
-
-    @property
-    def suffix(self) -> str:
-        return _METHODS[self.method]
-
-    @classmethod
-    def parse(cls, spec: str) -> Compression:
-        spec = spec.strip()
-        if spec.isdigit():
-            level = int(spec)
-            return cls() if level == 0 else cls._checked("gzip", level)
-        method, _, detail = spec.partition(":")
-        method = method.lower()
-        if method not in _METHODS:
-            raise ValueError(f'unrecognized compression algorithm: "{method}"')
-        if not detail:
-            return cls(method) if method == "none" else cls._checked(method, None)
-        key, eq, value = detail.partition("=")
-        if eq and key != "level":
-            raise ValueError(f'unrecognized compression option: "{key}"')
-        text = value if eq else detail
-        if not text.lstrip("-").isdigit():
-            raise ValueError(f'value for compression option "level" must be an integer: "{text}"')
-        if method == "none":
-            raise ValueError('compression algorithm "none" does not accept a compression level')
-        return cls._checked(method, int(text))
-
-    @classmethod
-    def _checked(cls, method: str, level: int | None) -> Compression:
-        low, high, _ = _LEVELS[method]
-        if level is not None and not low <= level <= high:
-            raise ValueError(
-                f'compression algorithm "{method}" expects a compression level between '
-                f"{low} and {high} (default at {_LEVELS[method][2] or 'library default'})"
-            )
-        if method == "lz4":
-            _require("lz4.frame", "lz4")
-        if method == "zstd":
-            _require("zstandard", "zstd")
-        return cls(method, level)
-
-
-def _require(module: str, extra: str) -> Any:
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ValueError(
-            f"{extra} compression needs the {module.split('.')[0]} package: "
-            f"pip install 'walstream[{extra}]'"
-        ) from None
-
-
-class _Compressor(Protocol):
-    def start(self) -> bytes: ...  # what is written when the file is created
-    def compress(self, data: bytes) -> bytes: ...
-    def flush(self) -> bytes: ...  # a sync point: everything so far decodable
-    def finish(self) -> bytes: ...
-
-
-class _Gzip:
-    def __init__(self, level: int | None) -> None:
-        self._z = zlib.compressobj(6 if level is None else level, zlib.DEFLATED, 31, 8)
-
-    def start(self) -> bytes:
-        return b""  # zlib writes the gzip header with the first output
-
-    def compress(self, data: bytes) -> bytes:
-        # zlib's gz* API, which pg_receivewal uses, buffers input 8 kB at a time.
-        compress = self._z.compress
-        return b"".join(compress(data[i : i + _PAGE]) for i in range(0, len(data), _PAGE))
-
-    def flush(self) -> bytes:
-        return self._z.flush(zlib.Z_SYNC_FLUSH)
-
-    def finish(self) -> bytes:
-        return self._z.flush(zlib.Z_FINISH)
-
-
-class _Lz4:
-    """An LZ4 frame as pg_receivewal writes it: default preferences (64 kB linked
-    blocks, no checksums, no content size), input fed 4 kB at a time."""
-
-    def __init__(self, level: int | None) -> None:
-        self._frame = frame = _require("lz4.frame", "lz4")
-        self._ctx = frame.create_compression_context()
-        self._level = level or 0
-
-    def start(self) -> bytes:
-        header: bytes = self._frame.compress_begin(
-            self._ctx,
-            compression_level=self._level,
-            block_size=self._frame.BLOCKSIZE_MAX64KB,
-            content_checksum=False,
-            block_linked=True,
-            auto_flush=False,
-        )
-        return header
-
-    def compress(self, data: bytes) -> bytes:
-        chunk = self._frame.compress_chunk
-        return b"".join(chunk(self._ctx, data[i : i + 4096]) for i in range(0, len(data), 4096))
-
-    def flush(self) -> bytes:
-        out: bytes = self._frame.compress_flush(self._ctx, end_frame=False)
-        return out
-
-    def finish(self) -> bytes:
-        out: bytes = self._frame.compress_flush(self._ctx, end_frame=True)
-        return out
-
-
-class _Zstd:
-    def __init__(self, level: int | None) -> None:
-        zstandard = _require("zstandard", "zstd")
-        self._mod = zstandard
-        self._c = zstandard.ZstdCompressor(level=level or 3).compressobj()
-
-    def start(self) -> bytes:
-        return b""
-
-    def compress(self, data: bytes) -> bytes:
-        return bytes(self._c.compress(data))
-
-    def flush(self) -> bytes:
-        return bytes(self._c.flush(self._mod.COMPRESSOBJ_FLUSH_BLOCK))
-
-    def finish(self) -> bytes:
-        return bytes(self._c.flush(self._mod.COMPRESSOBJ_FLUSH_FINISH))
 
 
 def _write_all(fd: int, data: bytes | memoryview, offset: int | None = None) -> None:
@@ -227,44 +89,6 @@ def _write_all(fd: int, data: bytes | memoryview, offset: int | None = None) -> 
             offset += n
 
 
-def _compressor(c: Compression) -> _Compressor | None:
-    if c.method == "gzip":
-        return _Gzip(c.level)
-    if c.method == "lz4":
-        return _Lz4(c.level)
-    if c.method == "zstd":
-        return _Zstd(c.level)
-    return None
-
-
-def _decompressed(path: Path, method: str, limit: int | None = None) -> bytes:
-    """The uncompressed content of a (possibly unfinished) compressed file."""
-    data = path.read_bytes()
-    if method == ".gz":
-        d = zlib.decompressobj(31)
-        return d.decompress(data, limit or 0)
-    if method == ".lz4":
-        frame = _require("lz4.frame", "lz4")
-        dec = frame.LZ4FrameDecompressor()
-        out: bytes = dec.decompress(data)
-        return out
-    if method == ".zst":
-        zstandard = _require("zstandard", "zstd")
-        reader = zstandard.ZstdDecompressor().decompressobj()
-        return bytes(reader.decompress(data))
-    return data
-
-
-def read_wal_file(path: Path) -> bytes:
-    """The WAL a segment file holds, decompressed by its suffix (``.partial`` or not).
-
-    A compressed file still being written decompresses to what it holds so far.
-    """
-    name = path.name.removesuffix(".partial")
-    suffix = next((s for s in (".gz", ".lz4", ".zst") if name.endswith(s)), "")
-    return _decompressed(path, suffix)
-
-
 @dataclass
 class _Segment:
     timeline: int
@@ -273,7 +97,7 @@ class _Segment:
     path: Path  # the .partial being written
     final: Path  # its name once complete
     pos: int  # uncompressed bytes written
-    compressor: _Compressor | None
+    compressor: Compressor | None
     # A compressed .partial being rewritten goes to a temporary file first;
     # the old one stays until the new one holds at least as much WAL.
     replaces: Path | None = None
@@ -377,13 +201,13 @@ class WalDirectory:
         if self.system_identifier is None:
             return
         try:
-            head = _decompressed(path, method, _LONG_HEADER.size)[: _LONG_HEADER.size]
+            head = LongPageHeader.parse(decompress_file(path, method, LONG_PAGE_HEADER_SIZE))
         except Exception:
             return  # an unreadable partial is rewritten anyway
-        if len(head) < _LONG_HEADER.size:
+        if head is None or not head.is_long:
             return
-        _, info, _, _, _, _, sysid, _, _ = _LONG_HEADER.unpack(head)
-        if info & 0x0002 and sysid and sysid != self.system_identifier:
+        sysid = head.system_identifier
+        if sysid and sysid != self.system_identifier:
             raise DirectoryMismatch(
                 f'WAL file "{path}" belongs to database system {sysid}, but the server is '
                 f"system {self.system_identifier}: use another directory"
@@ -476,7 +300,7 @@ class WalDirectory:
         name = segment_name(timeline, segno, self.seg_size) + self.compression.suffix
         final = self.path / name
         path = self.path / (name + ".partial")
-        compressor = _compressor(self.compression)
+        compressor = make_compressor(self.compression)
         replaces, replaces_size = None, 0
         if compressor is not None:
             self._settle_rewrite(path)
@@ -665,7 +489,7 @@ class WalDirectory:
         """Write ``%08X.history`` as pg_receivewal does: ``.tmp`` first, then a durable rename."""
         final = self.path / (history_file_name(timeline) + self.compression.suffix)
         tmp = final.with_name(final.name + ".tmp")
-        compressor = _compressor(self.compression)
+        compressor = make_compressor(self.compression)
         data = (
             content
             if compressor is None
@@ -692,7 +516,7 @@ class WalDirectory:
     def _held(path: Path, method: str) -> int:
         """Uncompressed bytes a compressed segment file holds; -1 if it cannot be read."""
         try:
-            return len(_decompressed(path, method))
+            return len(decompress_file(path, method))
         except Exception as e:  # damaged or gone: it holds nothing to keep
             log.warning('could not decompress "%s": %s', path, e)
             return -1
