@@ -23,7 +23,7 @@ import struct
 import time
 from pathlib import Path
 
-from walstream.conninfo import parse_conninfo
+from walstream.client.conninfo import parse_conninfo
 from walstream.protocol import messages as m
 from walstream.protocol.client import ClientConnection, ClientState
 

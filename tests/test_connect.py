@@ -12,7 +12,7 @@ import pytest
 
 import walstream
 from walstream import AuthenticationError, ConnectError, ServerError
-from walstream.connection import connect
+from walstream.client import connect
 
 from .pgcluster import PgCluster, wait_until
 

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import walstream
-from walstream.conninfo import (
+from walstream.client.conninfo import (
     KEYWORD_ENVVARS,
     KEYWORDS,
     ConnectParams,

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from walstream import pgpass
-from walstream.conninfo import default_socket_dir
-from walstream.pgpass import lookup_password
+from walstream.client import pgpass
+from walstream.client.conninfo import default_socket_dir
+from walstream.client.pgpass import lookup_password
 
 _UNREACHABLE = "192.0.2.1"  # TEST-NET-1: connect() only gets as far as EINPROGRESS
 

@@ -9,7 +9,7 @@ import pytest
 
 import walstream
 from walstream import LSN, ServerError
-from walstream.connection import ReplicationConnection, ReplicationStream
+from walstream.client import ReplicationConnection, ReplicationStream
 from walstream.protocol.replication import PrimaryKeepalive, XLogData
 
 from .pgcluster import PgCluster

@@ -343,8 +343,8 @@ def test_replays_compressed_segments(forked, tmp_path: Path) -> None:  # type: i
 
 def test_reads_segments_in_bounded_pieces(forked, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
     """Segments may be up to 1 GB: they are read a bounded piece at a time, same result."""
-    import walstream.startup
+    import walstream.startup.service
 
-    monkeypatch.setattr(walstream.startup, "_READ_CHUNK", 3 * 8192 + 100)
+    monkeypatch.setattr(walstream.startup.service, "_READ_CHUNK", 3 * 8192 + 100)
     status = _replay(forked.wal)
     assert (status.replay_lsn, status.timeline) == (forked.end2, 2)

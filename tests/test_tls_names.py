@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from walstream import ConnectError
-from walstream.tls import check_host_name
+from walstream.client.tls import check_host_name
 
 SAN = {
     "subject": ((("commonName", "cn.example"),),),

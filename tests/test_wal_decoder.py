@@ -844,7 +844,7 @@ def test_scan_stats_shape_checks_with_valid_crc(sample: Sample) -> None:
 
 def _stats_both(monkeypatch: pytest.MonkeyPatch, *args: str) -> list[bool]:
     """Serial and parallel --stats give the same output; returns the join decisions made."""
-    import walstream.waldump as waldump
+    import walstream.cli.waldump.parallel as waldump
 
     joins: list[bool] = []
     decide = waldump._joins

@@ -19,13 +19,9 @@ from typing import cast
 
 import pytest
 
-from walstream.connection import (
-    _READ_SIZE,
-    ReplicationConnection,
-    ReplicationStream,
-    StreamEvent,
-    _Wire,
-)
+from walstream.client.connection import ReplicationConnection, ReplicationStream, StreamEvent
+from walstream.client.wire import READ_SIZE as _READ_SIZE
+from walstream.client.wire import Wire as _Wire
 from walstream.errors import ProtocolViolation
 from walstream.lsn import LSN
 from walstream.protocol.client import ClientConnection, ConnectionClosed
@@ -123,7 +119,7 @@ def _wal(server: ServerConnection, lsn: int, size: int = 100) -> bytes:
 
 async def test_inline_handler_takes_batches_only_while_the_reader_waits() -> None:
     wire, server = _streaming_wire()
-    stream = ReplicationStream(cast(ReplicationConnection, SimpleNamespace(_wire=wire)), LSN(0))
+    stream = ReplicationStream(cast(ReplicationConnection, SimpleNamespace(wire=wire)), LSN(0))
     taken: list[list[StreamEvent]] = []
     answer = True
 
@@ -164,7 +160,7 @@ async def test_inline_handler_takes_batches_only_while_the_reader_waits() -> Non
 
 async def test_inline_handler_error_is_raised_by_the_pending_read() -> None:
     wire, server = _streaming_wire()
-    stream = ReplicationStream(cast(ReplicationConnection, SimpleNamespace(_wire=wire)), LSN(0))
+    stream = ReplicationStream(cast(ReplicationConnection, SimpleNamespace(wire=wire)), LSN(0))
 
     def handler(batch: list[StreamEvent]) -> bool:
         raise DiskError("could not fsync file: No space left on device")
@@ -184,7 +180,7 @@ async def test_inline_handler_error_is_raised_by_the_pending_read() -> None:
 async def test_inline_handler_is_not_offered_to_other_waits() -> None:
     """Only a pending read(): end() collecting the command's result takes events one by one."""
     wire, server = _streaming_wire()
-    stream = ReplicationStream(cast(ReplicationConnection, SimpleNamespace(_wire=wire)), LSN(0))
+    stream = ReplicationStream(cast(ReplicationConnection, SimpleNamespace(wire=wire)), LSN(0))
     taken: list[list[StreamEvent]] = []
     stream.handle_inline(lambda batch: taken.append(batch) is None)
     waiting = asyncio.ensure_future(wire.next_event())

@@ -10,9 +10,9 @@ from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
+from walstream.cli.waldump import main as waldump_main
 from walstream.lsn import LSN
 from walstream.wal.decoder import Record
-from walstream.waldump import main as waldump_main
 
 SEG_SIZE = 1024 * 1024
 FORKS = ("main", "fsm", "vm", "init")

@@ -22,8 +22,8 @@ from walstream.errors import (
 from walstream.lsn import INVALID_LSN, LSN
 
 if TYPE_CHECKING:
-    from walstream.connection import ReplicationConnection, ReplicationStream, connect
-    from walstream.conninfo import parse_conninfo
+    from walstream.client import ReplicationConnection, ReplicationStream, connect
+    from walstream.client.conninfo import parse_conninfo
     from walstream.protocol.replication import PrimaryKeepalive, XLogData
 
 __all__ = [
@@ -47,10 +47,10 @@ __all__ = [
 __version__ = "0.1.0.dev0"
 
 _LAZY = {
-    "ReplicationConnection": "walstream.connection",
-    "ReplicationStream": "walstream.connection",
-    "connect": "walstream.connection",
-    "parse_conninfo": "walstream.conninfo",
+    "ReplicationConnection": "walstream.client",
+    "ReplicationStream": "walstream.client",
+    "connect": "walstream.client",
+    "parse_conninfo": "walstream.client.conninfo",
     "PrimaryKeepalive": "walstream.protocol.replication",
     "XLogData": "walstream.protocol.replication",
 }

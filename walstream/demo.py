@@ -25,7 +25,8 @@ from pathlib import Path
 
 from walstream.embedded import PgCluster, available_versions
 from walstream.lsn import LSN
-from walstream.receiver import ReceiverOptions, WalReceiver
+from walstream.receiver import ReceiverOptions
+from walstream.standby import Standby
 
 APP = "walstream_demo"
 
@@ -49,7 +50,7 @@ def _completed_count(directory: Path) -> int:
 
 
 async def _watch(
-    cluster: PgCluster, receiver: WalReceiver, seconds: float, directory: Path
+    cluster: PgCluster, receiver: Standby, seconds: float, directory: Path
 ) -> None:
     _say(
         f"{'t':>3} {'primary flush':>14} {'recv write':>12} {'recv flush':>12} "
@@ -105,15 +106,13 @@ async def run(version: int, seconds: float) -> None:
         _say(
             "  and replaying it in-process (--replay: decode, verify, report the replay position)\n"
         )
-        receiver = WalReceiver(
-            ReceiverOptions(
-                directory=directory,
-                conninfo=cluster.conninfo("scram_user", "scrampass", application_name=APP),
-                synchronous=True,
-                replay=True,
-                status_interval=1.0,
-            )
+        options = ReceiverOptions(
+            directory=directory,
+            conninfo=cluster.conninfo("scram_user", "scrampass", application_name=APP),
+            synchronous=True,
+            status_interval=1.0,
         )
+        receiver = Standby(options)
         task = asyncio.create_task(receiver.run())
         stop = threading.Event()
         commits = [0]
@@ -128,7 +127,7 @@ async def run(version: int, seconds: float) -> None:
         await asyncio.sleep(3)
         _say(f"  commits completed in the 3 s without it: {commits[0] - before} (they wait)")
         _say("Starting it again: it resumes from the directory and the waiting commit completes.")
-        receiver = WalReceiver(receiver.options)
+        receiver = Standby(options)
         task = asyncio.create_task(receiver.run())
         await asyncio.sleep(3)
         _say(f"  commits completed since: {commits[0] - before}")

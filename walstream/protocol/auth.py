@@ -4,13 +4,12 @@ The state machine in :mod:`walstream.protocol.client` reports what the server
 asked for; :class:`Authenticator` says what to send back and enforces the
 client's policy (libpq's ``channel_binding``). SCRAM itself is scramp's, which
 is sans-IO too; channel binding ``tls-server-end-point`` hashes the server
-certificate taken from the TLS object the caller hands in.
+certificate the caller hands in (DER bytes, taken from its TLS session).
 """
 
 from __future__ import annotations
 
 import hashlib
-import ssl
 from types import ModuleType
 from typing import TYPE_CHECKING, Final
 
@@ -20,7 +19,7 @@ from walstream.protocol import messages as m
 if TYPE_CHECKING:
     import scramp
 
-__all__ = ["CHANNEL_BINDING_MODES", "Authenticator", "md5_password"]
+__all__ = ["CHANNEL_BINDING_MODES", "Authenticator", "md5_password", "tls_server_end_point"]
 
 
 def _scramp() -> ModuleType:
@@ -52,6 +51,23 @@ def md5_password(user: str, password: str, salt: bytes) -> bytes:
     return b"md5" + hashlib.md5(inner + salt).hexdigest().encode()
 
 
+def tls_server_end_point(certificate: bytes) -> bytes:
+    """SCRAM's ``tls-server-end-point`` binding data (RFC 5929) for a DER certificate.
+
+    The certificate hashed with its signature's digest, SHA-256 where that is
+    MD5 or SHA-1, as PostgreSQL computes it on both sides.
+    """
+    from asn1crypto.x509 import Certificate  # scramp's own dependency
+
+    try:
+        algorithm = Certificate.load(certificate, strict=True).hash_algo
+    except ValueError as e:
+        raise AuthenticationError(f"could not read the server certificate: {e}") from e
+    if algorithm in ("md5", "sha1"):
+        algorithm = "sha256"
+    return hashlib.new(algorithm, certificate).digest()
+
+
 class Authenticator:
     """One authentication exchange, on behalf of one startup packet's user."""
 
@@ -61,16 +77,17 @@ class Authenticator:
         password: str | None,
         *,
         channel_binding: str = "prefer",
-        tls: ssl.SSLObject | None = None,
+        server_certificate: bytes | None = None,
     ) -> None:
+        """``server_certificate``: the server's DER certificate when TLS is in use, else None."""
         if channel_binding not in CHANNEL_BINDING_MODES:
             raise ValueError(f'invalid channel_binding value: "{channel_binding}"')
-        if channel_binding == "require" and tls is None:
+        if channel_binding == "require" and server_certificate is None:
             raise AuthenticationError("channel binding required, but SSL not in use")
         self.user = user
         self.password = password
         self.channel_binding = channel_binding
-        self.tls = tls
+        self.server_certificate = server_certificate
         self.method: str | None = None  # what the server made us use, for messages
         self._scram: scramp.ScramClient | None = None
         self._bound = False
@@ -114,7 +131,9 @@ class Authenticator:
         if self._scram is not None:
             raise ProtocolViolation("server restarted a SASL exchange")
         use_plus = (
-            self.tls is not None and self.channel_binding != "disable" and _PLUS in mechanisms
+            self.server_certificate is not None
+            and self.channel_binding != "disable"
+            and _PLUS in mechanisms
         )
         if self.channel_binding == "require" and not use_plus:
             raise AuthenticationError(
@@ -129,18 +148,23 @@ class Authenticator:
         password = self._require_password()
         self.method = _PLUS if use_plus else _SCRAM
         scramp = _scramp()
+        cert = self.server_certificate
         try:
             if use_plus:
+                assert cert is not None
                 self._scram = scramp.ScramClient(
-                    [_PLUS], self.user, password, channel_binding=("tls-server-end-point", self.tls)
+                    [_PLUS],
+                    self.user,
+                    password,
+                    channel_binding=("tls-server-end-point", tls_server_end_point(cert)),
                 )
             else:
                 # scramp writes the "y,," GS2 header when it was given binding
                 # data it does not use; libpq sends "y" exactly when SSL is in
                 # use but the server offered no PLUS mechanism, so mirror that.
                 binding = (
-                    ("tls-server-end-point", self.tls)
-                    if self.tls is not None and self.channel_binding != "disable"
+                    ("tls-server-end-point", tls_server_end_point(cert))
+                    if cert is not None and self.channel_binding != "disable"
                     else None
                 )
                 self._scram = scramp.ScramClient(

@@ -22,6 +22,7 @@ from typing import Final
 from walstream.errors import LocalProtocolError, ProtocolViolation
 from walstream.lsn import LSN
 from walstream.protocol import messages as m
+from walstream.protocol.messages import message_end
 from walstream.protocol.replication import (
     MAX_LSN,
     XLOGDATA_HEADER,
@@ -65,6 +66,7 @@ class ClientState(enum.Enum):
 
 # States whose input is not (only) framed messages: checked byte by byte.
 _RAW_STATES: Final = frozenset({ClientState.INITIAL, ClientState.ENCRYPTION_REQUESTED})
+_FRAMED_STATES: Final = frozenset(ClientState) - _RAW_STATES - {ClientState.CLOSED}
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +108,15 @@ class ClientConnection:
         self._server_copy_done = False
         # The byte that accepts our encryption request: 'S' for SSL, 'G' for GSS.
         self._encryption_accept = b"S"
+
+    @property
+    def framed(self) -> bool:
+        """Input is framed messages now (not an encryption answer): reads may be cut there."""
+        return self.state in _FRAMED_STATES
+
+    @property
+    def closed(self) -> bool:
+        return self.state is ClientState.CLOSED
 
     # -- sending ------------------------------------------------------------
 
@@ -264,21 +275,15 @@ class ClientConnection:
         limit = self.max_message_size
         mv = memoryview(buf)
         try:
-            while size - pos >= 5:
-                mtype = buf[pos]
-                (length,) = _LEN.unpack_from(buf, pos + 1)
-                if length < 4 or length > limit:
-                    raise ProtocolViolation(
-                        f"invalid message length {length} for message type "
-                        f"0x{mtype:02x} (limit {limit})"
-                    )
-                end = pos + 1 + length
-                if end > size:
+            while True:
+                end = message_end(buf, pos, size, limit)
+                if end < 0:
                     break
+                mtype = buf[pos]
                 if (
                     mtype == _COPY_DATA
                     and self.state is ClientState.COPY_BOTH
-                    and length >= 4 + _XLOG_PREFIX
+                    and end - pos >= 5 + _XLOG_PREFIX
                     and buf[pos + 5] == 0x77  # 'w'
                     and not self._server_copy_done
                 ):

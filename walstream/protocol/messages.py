@@ -66,6 +66,8 @@ __all__ = [
     "decode_backend",
     "decode_frontend",
     "decode_untyped_frontend",
+    "describe_type",
+    "message_end",
 ]
 
 PROTOCOL_3_0: Final = 196608  # (3 << 16) | 0
@@ -80,6 +82,32 @@ _HEADER: Final = struct.Struct("!ci")
 
 def _frame(type_byte: bytes, body: bytes = b"") -> bytes:
     return _HEADER.pack(type_byte, len(body) + 4) + body
+
+
+def describe_type(type_byte: int) -> str:
+    """A message type byte for an error message: 'Q', or '\\x00' when unprintable."""
+    return chr(type_byte) if 0x20 <= type_byte < 0x7F else f"\\x{type_byte:02x}"
+
+
+def message_end(buf: bytes | bytearray | memoryview, pos: int, size: int, limit: int) -> int:
+    """Where the message framed at ``buf[pos]`` ends, if ``buf[:size]`` holds all of it; else -1.
+
+    The one framing rule of protocol 3 (type byte, then an int32 length
+    that counts itself), shared by the client and server state machines and
+    by the asyncio wire that cuts its reads at message boundaries. A length
+    word below 4 or above ``limit`` raises :class:`ProtocolViolation` as soon
+    as it is read, so a hostile peer can never make anyone buffer the body.
+    """
+    if size - pos < 5:
+        return -1
+    (length,) = _I32.unpack_from(buf, pos + 1)
+    if length < 4 or length > limit:
+        raise ProtocolViolation(
+            f"invalid message length {length} for message type "
+            f"'{describe_type(buf[pos])}' (limit {limit})"
+        )
+    end = pos + 1 + length
+    return end if end <= size else -1
 
 
 def _cstr(text: str) -> bytes:

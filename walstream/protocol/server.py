@@ -47,6 +47,7 @@ from walstream.errors import LocalProtocolError, ProtocolViolation
 from walstream.lsn import LSN
 from walstream.protocol import messages as m
 from walstream.protocol.client import DEFAULT_MAX_MESSAGE_SIZE, ConnectionClosed
+from walstream.protocol.messages import describe_type, message_end
 from walstream.protocol.replication import (
     XLOGDATA_HEADER,
     HotStandbyFeedback,
@@ -130,16 +131,21 @@ _STARTUP_STATES: Final = (
     ServerState.AUTHENTICATING,
     ServerState.STARTUP,
 )
+_FRAMED_STATES: Final = frozenset(
+    {
+        ServerState.AUTHENTICATING,
+        ServerState.STARTUP,
+        ServerState.READY,
+        ServerState.QUERY,
+        ServerState.COPY_BOTH,
+    }
+)
 _SESSION_STATES: Final = (
     ServerState.STARTUP,
     ServerState.READY,
     ServerState.QUERY,
     ServerState.COPY_BOTH,
 )
-
-
-def _show(type_byte: int) -> str:
-    return chr(type_byte) if 0x20 <= type_byte < 0x7F else f"\\x{type_byte:02x}"
 
 
 class ServerConnection:
@@ -171,6 +177,15 @@ class ServerConnection:
         self._may_report_violation = False
 
     # -- introspection ------------------------------------------------------
+
+    @property
+    def framed(self) -> bool:
+        """Input is typed, framed messages now (not a startup packet): reads may be cut there."""
+        return self.state in _FRAMED_STATES
+
+    @property
+    def closed(self) -> bool:
+        return self.state is ServerState.CLOSED
 
     @property
     def in_copy(self) -> bool:
@@ -274,19 +289,11 @@ class ServerConnection:
             mtype = buf[pos]
             # Reject a bad type byte before buffering its body.
             self._check_type(mtype)
-            if size - pos < 5:
-                return pos
-            (length,) = _LEN.unpack_from(buf, pos + 1)
             limit = self.max_message_size
             if state is ServerState.AUTHENTICATING:
                 limit = min(limit, MAX_AUTH_MESSAGE_SIZE)
-            if length < 4 or length > limit:
-                raise ProtocolViolation(
-                    f"invalid message length {length} for message type "
-                    f"'{_show(mtype)}' (limit {limit})"
-                )
-            end = pos + 1 + length
-            if end > size:
+            end = message_end(buf, pos, size, limit)
+            if end < 0:
                 return pos
             event = self._handle_typed(mtype, bytes(buf[pos + 5 : end]))
             pos = end
@@ -325,7 +332,7 @@ class ServerConnection:
                 return
             if self._awaiting is None:
                 raise ProtocolViolation(
-                    f"unexpected message type '{_show(mtype)}' during authentication"
+                    f"unexpected message type '{describe_type(mtype)}' during authentication"
                 )
             kind = "password" if self._awaiting is _Awaiting.PASSWORD else "SASL"
             raise ProtocolViolation(f"expected {kind} response, got message type {mtype}")
@@ -333,7 +340,7 @@ class ServerConnection:
             if mtype in (_COPY_DATA, _COPY_DONE):
                 return
             # PostgreSQL's walsender exits on anything else while streaming.
-            raise ProtocolViolation(f'invalid standby message type "{_show(mtype)}"')
+            raise ProtocolViolation(f'invalid standby message type "{describe_type(mtype)}"')
         # After authentication, and after the client's CopyDone (whatever it
         # sends then is read by the main loop as the next command).
         if mtype in _AFTER_AUTH_TYPES:

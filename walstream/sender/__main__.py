@@ -1,7 +1,7 @@
-"""``python -m walstream.sender``."""
+"""``python -m walstream.sender``: the command line of :mod:`walstream.cli.send`."""
 
 import sys
 
-from walstream.sender import main
+from walstream.cli.send import main
 
 sys.exit(main())

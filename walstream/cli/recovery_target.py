@@ -1,4 +1,4 @@
-"""The recovery_target_* command-line flags, shared by the receiver's and the startup CLIs.
+"""The recovery_target_* flags, shared by the receive and startup command lines.
 
 A module of its own so that the receiver's command line can offer them
 without importing the startup role (and the WAL decoder) at start-up.

@@ -779,9 +779,8 @@ def _apply_defaults(options: dict[str, str], env: Mapping[str, str]) -> None:
 def _os_user_name() -> str:
     """pg_fe_getauthname(): the effective user's login name."""
     if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
-        import getpass
-
-        return getpass.getuser()
+        # libpq asks GetUserName(); the login session's name is in the environment.
+        return os.environ.get("USERNAME") or os.environ.get("USER") or ""
     import pwd
 
     uid = os.geteuid()

@@ -1,8 +1,10 @@
 """The walreceiver role: stream WAL from a primary into a pg_receivewal-style directory.
 
-:class:`WalReceiver` is the embeddable service; :func:`main` is the
-``pg_receivewal``-compatible command line (``python -m walstream.receiver`` or
-``walstream receive``).
+:class:`WalReceiver` is the embeddable service; its command line
+(``python -m walstream.receiver``, ``walstream receive``) is
+:mod:`walstream.cli.receive`. A consumer of the WAL it makes durable (the
+startup role's replayer, in :mod:`walstream.standby`) plugs in as a
+:class:`WalConsumer`, so this role imports no other.
 
 How the pieces fit: the connection delivers XLogData in batches (everything
 one socket read completed); each batch is written by the disk layer
@@ -19,28 +21,19 @@ out and never lets a flush position run ahead of an fsync.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import concurrent.futures
 import contextlib
-import dataclasses
-import getpass
 import logging
-import os
-import re
-import shlex
-import signal
-import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, NoReturn
+from typing import Any, Final, Protocol
 
-from walstream.connection import ReplicationConnection, ReplicationStream, StreamEvent, connect
+from walstream.client import ReplicationConnection, ReplicationStream, StreamEvent, connect
 from walstream.errors import (
-    AuthenticationError,
     ConnectError,
     Error,
     ProtocolViolation,
@@ -49,20 +42,14 @@ from walstream.errors import (
 from walstream.lsn import LSN
 from walstream.protocol.replication import XLogData
 from walstream.protocol.standby import StatusPolicy
-from walstream.recovery_options import add_target_arguments, target_from_arguments
 from walstream.storage.compression import Compression
-from walstream.storage.directory import DirectoryMismatch, WalDirectory, check_directory
-from walstream.wal.recovery import RecoveryTarget, TargetReached
+from walstream.storage.directory import DirectoryMismatch, WalDirectory
 from walstream.wal.segment import parse_history, parse_size_setting, segment_start
 
-if TYPE_CHECKING:
-    from walstream.startup import Replayer
-
-__all__ = ["ReceiverOptions", "ReceiverStatus", "WalReceiver", "main"]
+__all__ = ["ReceiverError", "ReceiverOptions", "ReceiverStatus", "WalConsumer", "WalReceiver"]
 
 log = logging.getLogger("walstream.receiver")
 
-PROGNAME: Final = "walstream receive"
 _INLINE_SYNC_BYTES: Final = 256 * 1024
 
 _RATE_STEP: Final = 0.1  # seconds between the rate's samples
@@ -98,10 +85,6 @@ class ReceiverOptions:
     compression: Compression = field(default_factory=lambda: Compression.parse("none"))
     retry_interval: float = 5.0
     on_segment_complete: Callable[[Path], None] | None = None
-    replay: bool = False  # run the startup role in-process and report its apply position
-    # Where in-process replay stops (needs replay); its action: pause keeps
-    # receiving with apply held at the target, promote and shutdown stop the receiver.
-    replay_target: RecoveryTarget | None = None
 
     def __post_init__(self) -> None:
         if self.synchronous and not self.sync:
@@ -155,11 +138,39 @@ def _through_endpos(chunks: list[XLogData], endpos: LSN, seg_size: int) -> list[
     return chunks
 
 
-class WalReceiver:
-    """Receive WAL into a directory until stopped, endpos is reached, or a fatal error."""
+class WalConsumer(Protocol):
+    """Something that reads the WAL as it arrives: the startup role's replayer, in a standby.
 
-    def __init__(self, options: ReceiverOptions) -> None:
+    ``offer`` gets each batch as it is received (``(start, bytes)`` pieces)
+    and how far WAL is durable (what it may act on), and must never block:
+    it runs on the receiving path. ``rewind`` says the server's history
+    forked at ``fork``, before WAL already offered: what comes next is the
+    new timeline's. ``close`` ends it with the receiver.
+    """
+
+    def offer(self, chunks: Iterable[tuple[int, bytes]], durable: int) -> None: ...
+
+    def rewind(self, fork: LSN) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class WalReceiver:
+    """Receive WAL into a directory until stopped, endpos is reached, or a fatal error.
+
+    ``consumer``, if given, is called with the segment size once the server
+    has said it, and what it returns is offered every batch (see
+    :class:`WalConsumer`); it reports back with :meth:`report_applied`.
+    """
+
+    def __init__(
+        self,
+        options: ReceiverOptions,
+        *,
+        consumer: Callable[[int], WalConsumer] | None = None,
+    ) -> None:
         self.options = options
+        self._new_consumer = consumer
         self.policy = StatusPolicy(
             interval=options.status_interval or None,
             report_flush=options.sync and (options.synchronous or options.slot is not None),
@@ -184,7 +195,7 @@ class WalReceiver:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._expected = LSN(0)  # where the next XLogData of the current stream must start
         self._systemid: int | None = None
-        self._replayer: Replayer | None = None
+        self._consumer: WalConsumer | None = None
         # As pg_receivewal, only a first connection that fails is fatal in
         # itself: what fails after one succeeded (a slot still active, a
         # replica behind our position) is retried unless --no-loop.
@@ -212,17 +223,13 @@ class WalReceiver:
         if self._stream is not None:
             self._stream.interrupt()
 
-    def _target_reached(self, reached: TargetReached) -> None:
-        action = reached.target.action
-        log.warning("%s", reached.message)
-        if action == "pause":
-            log.warning("replay paused at the recovery target; still receiving WAL")
-        else:
-            log.warning("recovery target action %s: stopping the receiver", action)
-            self.stop()
+    @property
+    def connected(self) -> bool:
+        """A connection succeeded since start: later failures are retried (pg_receivewal's rule)."""
+        return self._connected
 
     def report_applied(self, position: int) -> None:
-        """The startup role's replay position, sent as 'apply' in status updates."""
+        """The consumer's replay position, sent as 'apply' in status updates."""
         self.policy.applied(position)
         self._send_due_status()
 
@@ -266,8 +273,8 @@ class WalReceiver:
             self._state = "stopped"
             await self._close_directory()
             self._disk.shutdown(wait=True)
-            if self._replayer is not None:
-                self._replayer.close()
+            if self._consumer is not None:
+                self._consumer.close()
 
     # -- one connection -----------------------------------------------------
 
@@ -334,8 +341,8 @@ class WalReceiver:
             )
         seg_size = parse_size_setting(await conn.show("wal_segment_size"))
         directory = self._open_directory(seg_size, system.systemid, mode)
-        if self.options.replay and self._replayer is None:
-            self._replayer = self._new_replayer(seg_size)
+        if self._new_consumer is not None and self._consumer is None:
+            self._consumer = self._new_consumer(seg_size)
         start, timeline = await self._start_position(
             conn, directory, system.xlogpos, system.timeline
         )
@@ -402,43 +409,19 @@ class WalReceiver:
             timeline = next_tl.timeline
             start = LSN(segment_start(next_tl.start, seg_size))
 
-    def _new_replayer(self, seg_size: int) -> Replayer:
-        # Imported here: the decoder is only needed with --replay, and the
-        # receiver's start-up is part of every run's cost.
-        from walstream.startup import Replayer
-
-        return Replayer(
-            seg_size,
-            self.report_applied,
-            target=self.options.replay_target,
-            on_target=self._target_reached,
-        )
-
     def _rewind(self, directory: WalDirectory, fork: LSN) -> None:
         """The server's history left ours at ``fork``, before what we had received.
 
         WAL past the fork is not this server's (it stays in the old
         timeline's files): reporting it would release synchronous commits
         and advance a slot over WAL we never had, and a reconnect would
-        resume past a gap. In-process replay starts afresh with the new
-        timeline's stream, as it does when the receiver starts.
+        resume past a gap. The consumer hears of it too.
         """
         directory.rewind(fork)
         self.policy.rewind(fork)
         self._server_wal_end = LSN(min(self._server_wal_end, fork))
-        old = self._replayer
-        if old is None or (old.state is not None and old.state.target_reached is not None):
-            return  # no replay, or it is over (at its target)
-        old.close()
-        self._replayer = self._new_replayer(directory.seg_size)
-        replayed = old.replay_lsn
-        if replayed > fork:
-            log.warning(
-                "replay had reached %s on the old timeline, past the fork at %s: "
-                "replay tracking starts again on the new timeline",
-                replayed,
-                fork,
-            )
+        if self._consumer is not None:
+            self._consumer.rewind(fork)
 
     def _open_directory(
         self, seg_size: int, systemid: int, data_directory_mode: str
@@ -635,7 +618,7 @@ class WalReceiver:
             self._expected = ev.data_end
         # The startup role decodes while the batch is written and fsynced; it
         # applies the records once they are durable (the offer in _written).
-        self._offer_replay(chunks)
+        self._offer(chunks)
 
     def _written(self, directory: WalDirectory, end: LSN, flushed: LSN | None) -> None:
         self.policy.received(end)
@@ -643,16 +626,16 @@ class WalReceiver:
         # The status update first: in synchronous mode a commit waits for it.
         self._send_due_status()
         self._update_rate(end)
-        self._offer_replay([])
+        self._offer([])
 
-    def _offer_replay(self, chunks: list[XLogData]) -> None:
-        """Hand new WAL to the startup role; it replays only what is durable.
+    def _offer(self, chunks: list[XLogData]) -> None:
+        """Hand new WAL to the consumer; it acts only on what is durable.
 
-        Without --replay this costs one comparison per batch: nothing is built.
+        Without a consumer this costs one comparison per batch: nothing is built.
         """
-        if self._replayer is not None:
+        if self._consumer is not None:
             durable = self.policy.flush if self.options.sync else self.policy.write
-            self._replayer.offer(((ev.data_start, ev.data) for ev in chunks), durable)
+            self._consumer.offer(((ev.data_start, ev.data) for ev in chunks), durable)
 
     def _unflushed(self, directory: WalDirectory) -> bool:
         return self.options.sync and directory.flushed < directory.written
@@ -662,7 +645,7 @@ class WalReceiver:
         # mode): no disk-thread hop and no second fsync for a keepalive's reply.
         if self._unflushed(directory):
             self.policy.flushed(await self._in_disk_thread(directory.sync))
-            self._offer_replay([])
+            self._offer([])
 
     def _update_rate(self, end: LSN) -> None:
         now = time.monotonic()
@@ -730,410 +713,3 @@ class WalReceiver:
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
-
-
-# ---------------------------------------------------------------------------
-# Command line
-# ---------------------------------------------------------------------------
-
-_DESCRIPTION = """\
-walstream receive streams write-ahead log from a PostgreSQL server into a
-directory, as pg_receivewal does (same options, files and exit codes), and can
-be a synchronous standby. It resumes from what the directory holds, follows
-timeline switches and, with several hosts in the connection string, failovers.
-"""
-
-
-class _Parser(argparse.ArgumentParser):
-    """pg_receivewal's usage errors: one line, a hint, exit status 1 (argparse's is 2)."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(1, f'{PROGNAME}: error: {message}\n{PROGNAME}: hint: Try "{PROGNAME} --help" '
-                     "for more information.\n")  # fmt: skip
-
-
-def _status_interval(text: str) -> int:
-    """-s as pg_receivewal parses it: whole seconds, 0 (no periodic updates) to INT_MAX/1000."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'invalid value "{text}"') from None
-    if not 0 <= value <= 2147483:
-        raise argparse.ArgumentTypeError("must be in range 0..2147483")
-    return value
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog=PROGNAME,
-        description=_DESCRIPTION,
-        add_help=False,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Exit status: 0 after --endpos, SIGINT or SIGTERM (clean stop); 1 on a fatal error.",
-    )
-    o = p.add_argument_group("Options")
-    o.add_argument(
-        "-D", "--directory", metavar="DIR", help="receive write-ahead log files into this directory"
-    )
-    o.add_argument("-E", "--endpos", metavar="LSN", help="exit after receiving the specified LSN")
-    o.add_argument(
-        "--if-not-exists",
-        action="store_true",
-        help="do not error if slot already exists when creating a slot",
-    )
-    o.add_argument("-n", "--no-loop", action="store_true", help="do not loop on connection lost")
-    o.add_argument(
-        "--no-sync",
-        action="store_true",
-        help="do not wait for changes to be written safely to disk",
-    )
-    o.add_argument(
-        "-s",
-        "--status-interval",
-        metavar="SECS",
-        type=_status_interval,
-        default=10,
-        help="time between status packets sent to server (default: 10; 0: none but replies)",
-    )
-    o.add_argument("-S", "--slot", metavar="SLOTNAME", help="replication slot to use")
-    o.add_argument(
-        "--synchronous", action="store_true", help="flush write-ahead log immediately after writing"
-    )
-    o.add_argument("-v", "--verbose", action="count", default=0, help="output verbose messages")
-    o.add_argument(
-        "-V", "--version", action="store_true", help="output version information, then exit"
-    )
-    o.add_argument(
-        "-Z",
-        "--compress",
-        metavar="METHOD[:DETAIL]",
-        default="none",
-        help="compress as specified: gzip[:1-9], lz4[:1-12], zstd[:1-22], none, or a gzip level",
-    )
-    o.add_argument("-?", "--help", action="help", help="show this help, then exit")
-    c = p.add_argument_group("Connection options")
-    c.add_argument(
-        "-d",
-        "--dbname",
-        metavar="CONNSTR",
-        default="",
-        help="connection string or postgresql:// URI (several hosts: failover)",
-    )
-    c.add_argument(
-        "-h", "--host", metavar="HOSTNAME", help="database server host or socket directory"
-    )
-    c.add_argument("-p", "--port", metavar="PORT", help="database server port number")
-    c.add_argument("-U", "--username", metavar="NAME", help="connect as specified database user")
-    c.add_argument("-w", "--no-password", action="store_true", help="never prompt for password")
-    c.add_argument("-W", "--password", action="store_true", help="force password prompt")
-    c.add_argument(
-        "--primary", metavar="HOST[:PORT]", help="the primary to stream from (shorthand for -h/-p)"
-    )
-    c.add_argument(
-        "--application-name",
-        metavar="NAME",
-        help="application_name, as named in synchronous_standby_names",
-    )
-    a = p.add_argument_group("Optional actions")
-    a.add_argument(
-        "--create-slot",
-        action="store_true",
-        help="create a new replication slot (for the slot's name see --slot), then exit",
-    )
-    a.add_argument(
-        "--drop-slot",
-        action="store_true",
-        help="drop the replication slot (for the slot's name see --slot), then exit",
-    )
-    a.add_argument(
-        "--on-segment-complete",
-        metavar="CMD",
-        help="run CMD after each completed segment is durable (%%p: path, %%f: file "
-        "name, %%%%: a percent sign); running commands are waited for at exit",
-    )
-    a.add_argument(
-        "--replay",
-        action="store_true",
-        help="decode and verify received WAL in-process and report its replay (apply) "
-        "position, so synchronous_commit = remote_apply works. Only flushed WAL is "
-        "replayed, as on a standby: with --synchronous that is every batch, otherwise "
-        "each completed segment",
-    )
-    add_target_arguments(p)
-    return p
-
-
-def _connect_params(args: argparse.Namespace) -> dict[str, str]:
-    params: dict[str, str] = {}
-    if args.primary:
-        host, sep, port = args.primary.rpartition(":")
-        if sep and port.isdigit() and not host.endswith("]"):
-            params["host"], params["port"] = host.strip("[]"), port
-        else:
-            params["host"] = args.primary.strip("[]")
-    if args.host:
-        params["host"] = args.host
-    if args.port:
-        params["port"] = args.port
-    if args.username:
-        params["user"] = args.username
-    if args.application_name:
-        params["application_name"] = args.application_name
-    return params
-
-
-_hook_tasks: set[asyncio.Future[None]] = set()  # keeps running hook commands referenced
-
-
-def _segment_hook(command: str) -> Callable[[Path], None]:
-    def run(path: Path) -> None:
-        # One pass, as archive_command's: %p and %f (shell-quoted), %% a percent sign.
-        values = {"%p": shlex.quote(str(path)), "%f": shlex.quote(path.name), "%%": "%"}
-        cmd = re.sub("%[pf%]", lambda m: values[m.group()], command)
-
-        async def spawn() -> None:
-            proc = await asyncio.create_subprocess_shell(cmd)
-            rc = await proc.wait()
-            if rc != 0:
-                log.warning("--on-segment-complete command failed with exit code %d: %s", rc, cmd)
-
-        task = asyncio.ensure_future(spawn())
-        _hook_tasks.add(task)
-        task.add_done_callback(_hook_tasks.discard)
-
-    return run
-
-
-async def _wait_for_hooks() -> None:
-    """Let running --on-segment-complete commands finish, so their failures are logged.
-
-    Hooks are not run again on restart (an upload would be missed), so they
-    are waited for; a command that hangs must not keep the receiver from
-    ever exiting, so a signal during the wait ends it.
-    """
-    if not _hook_tasks:
-        return
-    running = len(_hook_tasks)
-    waiting = asyncio.gather(*_hook_tasks, return_exceptions=True)
-    gave_up = asyncio.Event()
-
-    def give_up() -> None:
-        gave_up.set()
-        waiting.cancel()
-
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, give_up)
-    log.info(
-        "waiting for %d --on-segment-complete command(s) to finish "
-        "(SIGINT or SIGTERM: exit without waiting)",
-        running,
-    )
-    try:
-        await waiting
-    except asyncio.CancelledError:
-        if not gave_up.is_set():
-            raise  # this task itself was cancelled
-        log.warning("exiting with --on-segment-complete command(s) still running")
-
-
-async def _slot_action(args: argparse.Namespace, params: dict[str, str]) -> None:
-    conn = await connect(
-        args.dbname, replication="true", fallback_application_name="walstream", **params
-    )
-    async with conn:
-        if args.create_slot:
-            log.info('creating replication slot "%s"', args.slot)
-            try:
-                await conn.create_replication_slot(args.slot)
-            except ServerError as e:
-                if not (args.if_not_exists and e.sqlstate == "42710"):
-                    raise
-                log.info('replication slot "%s" already exists', args.slot)
-        else:
-            log.info('dropping replication slot "%s"', args.slot)
-            await conn.drop_replication_slot(args.slot)
-
-
-def main(argv: list[str] | None = None) -> int:
-    try:
-        return _main(argv)
-    except KeyboardInterrupt:
-        # SIGINT before streaming's own handlers are installed (a slot action,
-        # the password prompt): end as the default handler would, without a
-        # traceback. While streaming, SIGINT is a clean stop (exit 0).
-        return 128 + signal.SIGINT
-
-
-def _main(argv: list[str] | None) -> int:
-    args = _parser().parse_args(argv)
-    if args.version:
-        from walstream import __version__
-
-        print(f"{PROGNAME} (walstream) {__version__}")
-        return 0
-    logging.basicConfig(
-        level=logging.DEBUG
-        if args.verbose > 1
-        else logging.INFO
-        if args.verbose
-        else logging.WARNING,
-        format=f"{PROGNAME}: %(message)s",
-    )
-    params = _connect_params(args)
-    if args.password:
-        params["password"] = _ask_password()
-    # As pg_receivewal: without -W or -w, ask once when the server wants a password.
-    may_ask = not (args.password or args.no_password)
-
-    def fail(message: str) -> int:
-        print(f"{PROGNAME}: error: {message}", file=sys.stderr)
-        return 1
-
-    if (args.create_slot or args.drop_slot) and not args.slot:
-        return fail("replication slot needed with action --create-slot or --drop-slot")
-    if args.create_slot and args.drop_slot:
-        return fail("cannot use --create-slot together with --drop-slot")
-    if args.synchronous and args.no_sync:
-        return fail("cannot use --synchronous together with --no-sync")
-    try:
-        target = target_from_arguments(args)
-    except ValueError as e:
-        return fail(str(e))
-    if target.is_set and not args.replay:
-        return fail("a recovery target needs --replay")
-    try:
-        if args.create_slot or args.drop_slot:
-            try:
-                asyncio.run(_slot_action(args, params))
-            except AuthenticationError as e:
-                if not (may_ask and _needs_password(e)):
-                    raise
-                params["password"] = _ask_password()
-                may_ask = False
-                asyncio.run(_slot_action(args, params))
-            return 0  # as pg_receivewal: the action, then exit
-        if not args.directory:
-            return fail("no target directory specified")
-        directory = Path(args.directory)
-        check_directory(directory)
-        options = ReceiverOptions(
-            directory=directory,
-            conninfo=args.dbname,
-            connect_params=params,
-            slot=args.slot,
-            synchronous=args.synchronous,
-            sync=not args.no_sync,
-            status_interval=args.status_interval,
-            endpos=LSN.parse(args.endpos) if args.endpos else None,
-            loop=not args.no_loop,
-            replay=args.replay,
-            replay_target=target if target.is_set else None,
-            compression=Compression.parse(args.compress),
-            on_segment_complete=_segment_hook(args.on_segment_complete)
-            if args.on_segment_complete
-            else None,
-        )
-    except (ValueError, Error) as e:
-        return fail(str(e))
-    rc = _run_loop(_run_cli(options, may_ask=may_ask))
-    if rc is None:  # the first connection needs a password: nothing was received yet
-        options = dataclasses.replace(
-            options, connect_params={**options.connect_params, "password": _ask_password()}
-        )
-        rc = _run_loop(_run_cli(options, may_ask=False))
-    assert rc is not None
-    return rc
-
-
-def _run_loop(main: Coroutine[Any, Any, int | None]) -> int | None:
-    """Run the CLI's event loop: uvloop's when the ``fast`` extra installed it.
-
-    uvloop's loop, transports and selector are C: they took a tenth of the
-    receiver's CPU time per synchronous commit off (measured), and that CPU
-    is shared with the primary's backends on the same machine.
-    """
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(main)
-
-
-def _ask_password() -> str:
-    try:
-        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
-    except OSError:
-        # No terminal (a pipe, a service): like libpq's simple_prompt, read a
-        # line from stdin, without getpass's warnings about echoing.
-        sys.stderr.write("Password: ")
-        sys.stderr.flush()
-        return sys.stdin.readline().rstrip("\n")  # "" at end of input: libpq's empty answer
-    try:
-        return getpass.getpass("Password: ")
-    except EOFError:  # nothing typed before end of input
-        return ""
-
-
-def _needs_password(e: BaseException) -> bool:
-    """libpq's PQconnectionNeedsPassword: the server asked for one and we had none."""
-    return isinstance(e, AuthenticationError) and "no password supplied" in str(e)
-
-
-def _keep_heap() -> None:
-    """Stop glibc from handing freed heap back to the kernel after every read.
-
-    Each read's WAL messages (128 kB each) are freed once written; with
-    glibc's default thresholds the top of the heap was trimmed and faulted in
-    again on the next read, about 100,000 page faults per GiB streamed
-    (measured). The heap stays bounded by the read-ahead limit either way.
-    """
-    if sys.platform != "linux" or not hasattr(os, "confstr"):
-        return
-    try:
-        if not (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc"):
-            return
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        libc.mallopt(-1, 64 * 1024 * 1024)  # M_TRIM_THRESHOLD
-        libc.mallopt(-3, 32 * 1024 * 1024)  # M_MMAP_THRESHOLD (setting one fixes both)
-    except (OSError, ValueError, AttributeError):
-        pass
-
-
-async def _run_cli(options: ReceiverOptions, *, may_ask: bool = False) -> int | None:
-    """The exit code; None when the first connection wants a password we may ask for."""
-    _keep_heap()
-    receiver = WalReceiver(options)
-    loop = asyncio.get_running_loop()
-
-    def interrupted() -> None:
-        log.warning("received interrupt signal, exiting")  # pg_receivewal's words
-        receiver.stop()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, interrupted)
-    try:
-        try:
-            await receiver.run()
-        finally:
-            await _wait_for_hooks()
-    except (Error, OSError) as e:
-        if may_ask and not receiver._connected and _needs_password(e):
-            return None
-        print(f"{PROGNAME}: error: {e}", file=sys.stderr)
-        if not options.loop and receiver._connected:
-            # pg_receivewal -n ends every lost session with this line.
-            print(f"{PROGNAME}: error: disconnected", file=sys.stderr)
-        return 1
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-    return 0
-
-
-if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    sys.exit(main())

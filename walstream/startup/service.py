@@ -7,34 +7,28 @@ it decodes and CRC-verifies every record, in order, and keeps the state a
 standby would report: replay position, last commit/abort time, timeline,
 last checkpoint and the outcome of recent transactions.
 
-:class:`ReplayState` is sans-IO (bytes in, state out). :class:`Replayer` runs
-it next to a receiver in the same process, decoding in its own thread so the
-event loop never waits for it, and hands the replay position back as the
-receiver's 'apply', which is what makes ``synchronous_commit = remote_apply``
-work (it blocks forever with pg_receivewal).
+:class:`StartupService` follows a directory as a standby's startup process
+does; :class:`~walstream.wal.replay.ReplayState` (sans-IO: bytes in, state
+out) does the replaying, and :mod:`walstream.startup.replayer` runs it
+beside a receiver.
 
-``python -m walstream.startup waldump ...`` runs the pg_waldump counterpart.
+Its command line is :mod:`walstream.cli.startup` (``python -m walstream.startup``).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import concurrent.futures
 import contextlib
-import json
 import logging
-import signal
-import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Final
 
-from walstream.errors import Error, WalCorruption
+from walstream.errors import Error
 from walstream.lsn import LSN
-from walstream.recovery_options import add_target_arguments, target_from_arguments
 from walstream.storage.reader import SegmentFile, WalReader
 from walstream.wal.decoder import InvalidRecord
 from walstream.wal.recovery import RecoveryTarget, TargetReached
@@ -49,127 +43,9 @@ from walstream.wal.segment import (
     timelines_for_segment,
 )
 
-__all__ = [
-    "ReplayState",
-    "Replayer",
-    "StartupError",
-    "StartupOptions",
-    "StartupService",
-    "StartupStatus",
-    "main",
-]
+__all__ = ["StartupError", "StartupOptions", "StartupService", "StartupStatus"]
 
 log = logging.getLogger("walstream.startup")
-
-
-class Replayer:
-    """Runs a :class:`ReplayState` beside a receiver; decoding happens in its own thread.
-
-    With a recovery ``target``, replay stops there and ``on_target`` is
-    called once (on the event loop) with where it stopped; the receiver
-    decides what the action means for it.
-    """
-
-    def __init__(
-        self,
-        seg_size: int,
-        on_applied: Callable[[LSN], None],
-        *,
-        target: RecoveryTarget | None = None,
-        on_target: Callable[[TargetReached], None] | None = None,
-    ) -> None:
-        self.seg_size = seg_size
-        self.on_applied = on_applied
-        self.target = target
-        self.on_target = on_target
-        self.state: ReplayState | None = None
-        self._reported: WalCorruption | None = None
-        self._pending: list[tuple[int, bytes]] = []
-        self._durable = 0
-        self._job_durable = 0
-        self._failed = False
-        self._job: concurrent.futures.Future[LSN] | None = None
-        self._thread = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix="walstream-startup"
-        )
-
-    def offer(self, chunks: Iterable[tuple[int, bytes]], durable: int) -> None:
-        """New WAL (start, bytes) and how far WAL is now durable; never blocks.
-
-        Offering WAL before it is durable lets decoding run while the
-        receiver's fsync does: the records then only wait to be applied.
-        The work goes straight to the decoding thread (no task hop), so it
-        starts even while the event loop is busy writing.
-        """
-        if self._failed or (self.state is not None and self.state.target_reached is not None):
-            return  # replay ended (at its target, or on a bug): nothing more is decoded
-        self._pending.extend(chunks)
-        self._durable = max(self._durable, durable)
-        if self._job is None:
-            self._submit()
-
-    def _submit(self) -> None:
-        chunks, self._pending = self._pending, []
-        before = self.state.replay_lsn if self.state else LSN(0)
-        loop = asyncio.get_running_loop()
-        self._job_durable = self._durable
-        job = self._thread.submit(self._step, chunks, self._durable)
-        self._job = job
-
-        def back_on_loop(done: concurrent.futures.Future[LSN]) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(self._finished, done, before)
-
-        job.add_done_callback(back_on_loop)
-
-    def _finished(self, job: concurrent.futures.Future[LSN], before: LSN) -> None:
-        """Back on the event loop: report what was replayed, then take the next batch."""
-        self._job = None
-        if job.cancelled() or self._failed:
-            return
-        error = job.exception()
-        if error is not None:  # a bug or a gap: stop replaying, keep receiving
-            log.error("replay tracking stopped: %s", error)
-            self._pending.clear()
-            self._failed = True
-            return
-        replayed = job.result()
-        if replayed > before:
-            self.on_applied(replayed)
-        state = self.state
-        stopped = state.stopped if state else None
-        if stopped is not None and stopped is not self._reported:
-            # Received WAL is fed whole: a stop is damage, not a torn tail.
-            log.error("WAL replay stops at %s: %s", stopped.lsn, stopped.reason)
-            self._reported = stopped
-        if state is not None and state.target_reached is not None:
-            self._pending.clear()
-            if self.on_target is not None:
-                self.on_target(state.target_reached)
-            return
-        if self._pending or self._durable > self._job_durable:
-            self._submit()  # more WAL, or more of it durable, arrived meanwhile
-
-    def _step(self, chunks: list[tuple[int, bytes]], durable: int) -> LSN:
-        for lsn, data in chunks:
-            if self.state is None:
-                start = lsn - lsn % self.seg_size
-                self.state = ReplayState(start, self.seg_size, target=self.target)
-            self.state.feed(lsn, data)
-        return self.state.advance(durable) if self.state else LSN(0)
-
-    @property
-    def replay_lsn(self) -> LSN:
-        """The end of the last record replayed (0 before the first)."""
-        return self.state.replay_lsn if self.state is not None else LSN(0)
-
-    def close(self) -> None:
-        self._pending.clear()
-        self._failed = True
-        self._thread.shutdown(wait=False, cancel_futures=True)
-
-
-# -- following a directory ----------------------------------------------------------------------
 
 
 NO_TARGET: Final = RecoveryTarget("unset")
@@ -538,125 +414,3 @@ class StartupService:
 
 
 _READ_CHUNK: Final = 16 * 1024 * 1024
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m walstream.startup",
-        description="Replay the WAL of a walstream or pg_receivewal directory the way a "
-        "standby's startup process does, without page redo: decode and CRC-verify every "
-        "record in LSN order across timelines, track the replay position, the last "
-        "transaction and checkpoint, and stop at a recovery target. With --follow it keeps "
-        "waiting for new WAL, as a standby does. 'python -m walstream.startup waldump ...' "
-        "inspects WAL like pg_waldump.",
-        epilog="Exit status: 0 at the end of the WAL, at the recovery target, or on SIGINT/"
-        "SIGTERM; 1 on corrupt WAL, a target the WAL ends before, or another error. "
-        "To replay while receiving, in one process: python -m walstream.receiver --replay.",
-    )
-    parser.add_argument(
-        "-D", "--directory", required=True, type=Path, help="the WAL directory to replay"
-    )
-    parser.add_argument(
-        "-f",
-        "--follow",
-        action="store_true",
-        help="at the end of the WAL, wait for more (a receiver is writing the directory)",
-    )
-    parser.add_argument(
-        "-s",
-        "--start",
-        metavar="LSN",
-        help="start at this record or segment start (default: the first segment in the directory)",
-    )
-    parser.add_argument(
-        "--recovery-target-timeline",
-        metavar="latest|current|N",
-        default="latest",
-        help="the timeline to recover along (default latest: the highest history file)",
-    )
-    add_target_arguments(parser)
-    parser.add_argument(
-        "--backup-start",
-        metavar="LSN",
-        help="START WAL LOCATION of the base backup this WAL applies to (its backup_label): "
-        "no target may stop before that backup's end, and --recovery-target immediate stops "
-        "there",
-    )
-    parser.add_argument(
-        "--poll-interval", type=float, default=0.2, metavar="SECONDS",
-        help="with --follow, how often to look for new WAL (default 0.2)",
-    )  # fmt: skip
-    parser.add_argument("--json", action="store_true", help="print the final state as JSON")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log each step")
-    return parser
-
-
-def _summary(status: StartupStatus) -> dict[str, object]:
-    def text(value: object) -> object:
-        if isinstance(value, datetime):
-            return value.isoformat()
-        return str(value) if isinstance(value, LSN) else value
-
-    reached = status.target_reached
-    return {
-        "state": status.state,
-        "replay_lsn": text(status.replay_lsn),
-        "timeline": status.timeline,
-        "last_xact_time": text(status.last_xact_time),
-        "last_checkpoint": text(status.last_checkpoint),
-        "last_checkpoint_redo": text(status.last_checkpoint_redo),
-        "target_reached": None if reached is None else reached.message,
-        "error": status.error,
-    }
-
-
-def main(argv: list[str] | None = None) -> int:
-    args_list = sys.argv[1:] if argv is None else argv
-    if args_list[:1] == ["waldump"]:
-        from walstream.waldump import main as waldump
-
-        return waldump(args_list[1:])
-    args = _parser().parse_args(args_list)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="walstream startup: %(message)s",
-        stream=sys.stderr,
-    )
-    prog = "walstream startup"
-    try:
-        start = LSN.parse(args.start) if args.start else None
-        backup_start = LSN.parse(args.backup_start) if args.backup_start else None
-        target = target_from_arguments(args)
-    except ValueError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 1
-    options = StartupOptions(
-        args.directory, follow=args.follow, start=start, target=target,
-        backup_start=backup_start, poll_interval=args.poll_interval,
-    )  # fmt: skip
-    service = StartupService(options)
-
-    async def run() -> StartupStatus:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, service.stop)
-        return await service.run()
-
-    try:
-        status = asyncio.run(run())
-        code = 0
-    except Error as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        status = service.status()
-        code = 1
-    summary = _summary(status)
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        for key, value in summary.items():
-            if value is not None:
-                print(f"{key}: {value}")
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -20,7 +20,7 @@ import stat
 import sys
 from typing import Final
 
-from walstream.conninfo import default_socket_dir
+from walstream.client.conninfo import default_socket_dir
 
 __all__ = ["lookup_password"]
 
