@@ -527,7 +527,7 @@ def test_a_hung_hook_does_not_keep_the_receiver_from_exiting(  # type: ignore[no
 def test_through_endpos_follows_pg_receivewals_stop_rule() -> None:
     """Checked after each message and at each segment boundary inside one."""
     from walstream.protocol.replication import XLogData
-    from walstream.receiver.service import _through_endpos
+    from walstream.receiver.policy import through_endpos as _through_endpos
 
     seg = 1 << 20
 

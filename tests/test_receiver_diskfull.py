@@ -110,7 +110,7 @@ def test_a_batch_that_fails_after_completing_a_segment_still_ends_in_the_disk_er
         receiver = WalReceiver(ReceiverOptions(directory=tmp_path, slot="s"))
         directory = receiver._open_directory(SEG, 1, "0700")
         base = LSN(5 * SEG)
-        receiver._expected = base
+        receiver.policy.expected = base
         await receiver._write(directory, [XLogData(base, base, 0, b"\1" * (SEG - 8192))], 1)
         tail = LSN(base + SEG - 8192)
         batch = [

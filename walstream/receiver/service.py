@@ -41,7 +41,7 @@ from walstream.errors import (
 )
 from walstream.lsn import LSN
 from walstream.protocol.replication import XLogData
-from walstream.protocol.standby import StatusPolicy
+from walstream.receiver.policy import ReceivePolicy
 from walstream.storage.compression import Compression
 from walstream.storage.directory import DirectoryMismatch, WalDirectory
 from walstream.wal.segment import parse_history, parse_size_setting, segment_start
@@ -118,26 +118,6 @@ class ReceiverStatus:
         return max(0, self.server_wal_end - (self.flush if self.synced else self.write))
 
 
-def _through_endpos(chunks: list[XLogData], endpos: LSN, seg_size: int) -> list[XLogData]:
-    """What pg_receivewal writes of a batch with an end position: nothing past its stop rule.
-
-    It checks after every message, and at every segment boundary inside
-    one, whether it is past endpos: the first message that passes it is the
-    last written, cut at the first segment boundary after endpos (the rest
-    of that message is ignored). A batch holds up to 64 messages, so
-    checking only after the batch wrote megabytes more.
-    """
-    for i, ev in enumerate(chunks):
-        if ev.data_end > endpos:
-            cut = (max(ev.data_start, endpos) // seg_size + 1) * seg_size
-            if cut < ev.data_end:
-                ev = XLogData(
-                    ev.data_start, ev.wal_end, ev.send_time, ev.data[: cut - ev.data_start]
-                )
-            return [*chunks[:i], ev]
-    return chunks
-
-
 class WalConsumer(Protocol):
     """Something that reads the WAL as it arrives: the startup role's replayer, in a standby.
 
@@ -171,15 +151,16 @@ class WalReceiver:
     ) -> None:
         self.options = options
         self._new_consumer = consumer
-        self.policy = StatusPolicy(
+        # The per-batch decisions and the one copy of the positions (sans-IO).
+        self.policy = ReceivePolicy(
             interval=options.status_interval or None,
             report_flush=options.sync and (options.synchronous or options.slot is not None),
-            report_on_flush=options.synchronous,
+            synchronous=options.synchronous,
+            endpos=options.endpos,
         )
         self._state = "connecting"
         self._host: str | None = None
         self._timeline: int | None = None
-        self._server_wal_end = LSN(0)
         self._segments_completed = 0
         # (monotonic time, write position) every _RATE_STEP while WAL arrives:
         # the snapshot's rate is taken over the last _RATE_WINDOW of them.
@@ -193,7 +174,7 @@ class WalReceiver:
         # One thread for all disk work keeps writes, fsyncs and renames in order.
         self._disk = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="walstream-disk")
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._expected = LSN(0)  # where the next XLogData of the current stream must start
+        self._timer: asyncio.TimerHandle | None = None  # the status policy's deadline
         self._systemid: int | None = None
         self._consumer: WalConsumer | None = None
         # As pg_receivewal, only a first connection that fails is fatal in
@@ -211,7 +192,7 @@ class WalReceiver:
             write=self.policy.write,
             flush=self.policy.flush,
             apply=self.policy.apply,
-            server_wal_end=self._server_wal_end,
+            server_wal_end=self.policy.server_wal_end,
             bytes_per_second=self._rate(time.monotonic()),
             segments_completed=self._segments_completed,
             synced=self.options.sync,
@@ -419,7 +400,6 @@ class WalReceiver:
         """
         directory.rewind(fork)
         self.policy.rewind(fork)
-        self._server_wal_end = LSN(min(self._server_wal_end, fork))
         if self._consumer is not None:
             self._consumer.rewind(fork)
 
@@ -496,9 +476,9 @@ class WalReceiver:
         """Receive until the server ends the timeline ("ended"), endpos ("done") or stop."""
         self._stream = stream
         self._state = "streaming"
-        self.policy.restart(stream.start)
-        self._expected = stream.start
-        ticker = asyncio.create_task(self._status_ticker())
+        policy = self.policy
+        policy.restart(stream.start)
+        policy.seg_size = directory.seg_size
         endpos = self.options.endpos
         timeline = self._timeline or 1
 
@@ -507,14 +487,13 @@ class WalReceiver:
             # a small batch, written and fsynced in place (see _write_now).
             if self._stop.is_set():
                 return False
-            chunks, reply = self._take(events)
-            if reply and self.policy.report_flush and not chunks and self._unflushed(directory):
+            batch = policy.take(events)
+            if not batch.chunks and policy.flush_before_reply(batch, self._unflushed(directory)):
                 return False  # answered after a flush: the loop below
             # (With WAL in the batch, _write_now fsyncs everything before the reply.)
-            if chunks and not self._write_now(directory, chunks, timeline):
+            if batch.chunks and not self._write_now(directory, batch.chunks, timeline):
                 return False
-            if reply:
-                self.policy.reply_requested()
+            policy.replied(batch)
             self._send_due_status()
             return True
 
@@ -535,39 +514,24 @@ class WalReceiver:
                     await self._flush(directory)
                     await stream.end()
                     return "stopped"
-                chunks, reply = self._take(events)
-                if endpos is not None:
-                    chunks = _through_endpos(chunks, endpos, directory.seg_size)
-                if chunks:
-                    await self._write(directory, chunks, timeline)
-                if reply:
-                    # pg_receivewal fsyncs before answering when it reports flush.
-                    if self.policy.report_flush:
-                        await self._flush(directory)
-                    self.policy.reply_requested()
+                batch = policy.take(events)
+                if batch.chunks:
+                    await self._write(directory, batch.chunks, timeline)
+                if policy.flush_before_reply(batch, self._unflushed(directory)):
+                    await self._flush(directory)  # pg_receivewal fsyncs before answering
+                policy.replied(batch)
                 self._send_due_status()
-                if endpos is not None and self.policy.write > endpos:  # as pg_receivewal: past it
+                if batch.done:
                     await self._flush(directory)
                     await stream.end()
                     log.info("end position %s reached", endpos)
                     return "done"
         finally:
             stream.handle_inline(None)
-            ticker.cancel()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             self._stream = None
-
-    def _take(self, events: list[StreamEvent]) -> tuple[list[XLogData], bool]:
-        """The batch's WAL, and whether a keepalive asked for a reply."""
-        chunks: list[XLogData] = []
-        reply = False
-        for ev in events:
-            if ev.wal_end > self._server_wal_end:
-                self._server_wal_end = ev.wal_end
-            if isinstance(ev, XLogData):
-                chunks.append(ev)
-            elif ev.reply_requested:
-                reply = True
-        return chunks, reply
 
     def _write_now(self, directory: WalDirectory, chunks: list[XLogData], timeline: int) -> bool:
         """Write a batch in place if that needs no disk thread; False (nothing done) if it does.
@@ -608,21 +572,16 @@ class WalReceiver:
         self._written(directory, chunks[-1].data_end, await self._in_disk_thread(write_batch))
 
     def _accept(self, chunks: list[XLogData]) -> None:
-        """Check that the batch continues the stream; the startup role starts decoding it."""
-        for ev in chunks:
-            if ev.data_start != self._expected:
-                raise ProtocolViolation(
-                    f"received WAL at {ev.data_start}, expected {self._expected}: "
-                    "the stream has a gap"
-                )
-            self._expected = ev.data_end
-        # The startup role decodes while the batch is written and fsynced; it
-        # applies the records once they are durable (the offer in _written).
+        """The batch is being written: the stream moves on, and the consumer sees it now.
+
+        A consumer (the startup role) decodes while the batch is written and
+        fsynced; it acts on the records once they are durable (the offer in _written).
+        """
+        self.policy.accept(chunks[-1].data_end)
         self._offer(chunks)
 
     def _written(self, directory: WalDirectory, end: LSN, flushed: LSN | None) -> None:
-        self.policy.received(end)
-        self.policy.flushed(directory.flushed if flushed is None else flushed)
+        self.policy.written(end, directory.flushed if flushed is None else flushed)
         # The status update first: in synchronous mode a commit waits for it.
         self._send_due_status()
         self._update_rate(end)
@@ -665,23 +624,33 @@ class WalReceiver:
         return max(0, self.policy.write - mark) / (now - then)
 
     def _send_due_status(self) -> None:
+        """Send the status update due now, if any, and arm the timer for the next one."""
         stream = self._stream
-        if stream is None or stream.server_ended:
+        loop = self._loop
+        if stream is None or stream.server_ended or loop is None:
             return
-        update = self.policy.poll(time.monotonic(), time.time())
+        now = loop.time()
+        update = self.policy.poll(now, time.time())
         if update is not None:
             try:
                 stream.send_update(update)
             except Error as e:
                 log.debug("status update not sent: %s", e)
+        # One timer, armed from the policy's deadline (aioquic's get_timer): it
+        # sends periodic updates even while the streaming loop waits for the
+        # disk. Re-armed only when the deadline comes earlier, so the batch
+        # path of a synchronous standby (a new deadline on every commit) costs
+        # one comparison; a timer that fires early just re-arms.
+        deadline = self.policy.deadline(now)
+        timer = self._timer
+        if deadline is not None and (timer is None or deadline < timer.when()):
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(deadline, self._on_timer)
 
-    async def _status_ticker(self) -> None:
-        """Send periodic updates even while the main loop waits for the disk."""
-        while True:
-            deadline = self.policy.deadline(time.monotonic())
-            delay = 1.0 if deadline is None else max(0.0, deadline - time.monotonic())
-            await asyncio.sleep(min(delay, 1.0))
-            self._send_due_status()
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._send_due_status()
 
     # -- helpers ------------------------------------------------------------
 
@@ -695,8 +664,7 @@ class WalReceiver:
         await self._in_disk_thread(directory.close)
         # A batch that failed part-way (a full disk) may have written, even
         # completed a segment, before the policy heard of it: it was received.
-        self.policy.received(directory.written)
-        self.policy.flushed(directory.flushed)
+        self.policy.written(directory.written, directory.flushed)
         if not keep:
             self._directory = None
 

@@ -1,0 +1,186 @@
+"""The receiver's per-batch decisions, without I/O: what to write, when to flush, what to report.
+
+Everything a walreceiver decides about the events one socket read
+delivered, as a state machine that takes events and times and returns
+decisions (aioquic's shape): the asyncio service writes, fsyncs and sends
+what it is told, in the transport's read callback for a small synchronous
+batch (the fast path a commit waits on) or in its read loop otherwise, and
+both paths make the same decisions here:
+
+* the stream must continue where it left off: a gap is the server's
+  protocol violation, named with both positions;
+* the server's end of WAL (for lag) and whether a keepalive asked for a reply;
+* with an end position, pg_receivewal's stop rule: the first message that
+  passes it is the last written, cut at the next segment boundary;
+* a reply that reports a flush position waits for an fsync of what was
+  written before it (pg_receivewal fsyncs before answering);
+* the positions themselves, kept once, in the :class:`StatusPolicy` that
+  also says when the next status update is due: :meth:`ReceivePolicy.deadline`
+  arms the service's one timer, :meth:`ReceivePolicy.poll` says what to send.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from walstream.errors import ProtocolViolation
+from walstream.lsn import LSN
+from walstream.protocol.replication import PrimaryKeepalive, StandbyStatusUpdate, XLogData
+from walstream.protocol.standby import StatusPolicy
+
+__all__ = ["Batch", "ReceivePolicy", "through_endpos"]
+
+
+def through_endpos(chunks: list[XLogData], endpos: LSN, seg_size: int) -> list[XLogData]:
+    """What pg_receivewal writes of a batch with an end position: nothing past its stop rule.
+
+    It checks after every message, and at every segment boundary inside
+    one, whether it is past endpos: the first message that passes it is the
+    last written, cut at the first segment boundary after endpos (the rest
+    of that message is ignored). A batch holds up to 64 messages, so
+    checking only after the batch wrote megabytes more.
+    """
+    for i, ev in enumerate(chunks):
+        if ev.data_end > endpos:
+            cut = (max(ev.data_start, endpos) // seg_size + 1) * seg_size
+            if cut < ev.data_end:
+                ev = XLogData(
+                    ev.data_start, ev.wal_end, ev.send_time, ev.data[: cut - ev.data_start]
+                )
+            return [*chunks[:i], ev]
+    return chunks
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one read's events ask of the service."""
+
+    chunks: list[XLogData]  # contiguous WAL to write, in order (cut at endpos)
+    reply: bool  # a keepalive asked for a reply
+    done: bool  # endpos is passed: flush, end the stream, stop
+
+    @property
+    def start(self) -> LSN:
+        return self.chunks[0].data_start
+
+    @property
+    def end(self) -> LSN:
+        return self.chunks[-1].data_end
+
+
+class ReceivePolicy:
+    """One receiver's decisions across its streams; positions live in :attr:`status`."""
+
+    def __init__(
+        self,
+        *,
+        interval: float | None,
+        report_flush: bool,
+        synchronous: bool,
+        endpos: LSN | None = None,
+    ) -> None:
+        self.status = StatusPolicy(
+            interval=interval, report_flush=report_flush, report_on_flush=synchronous
+        )
+        self.endpos = endpos
+        self.seg_size = 0  # known once the server said it; needed for the endpos cut
+        self.expected = LSN(0)  # where the next XLogData of the current stream must start
+        self.server_wal_end = LSN(0)
+
+    # -- positions (the one source of truth) ---------------------------------
+
+    @property
+    def write(self) -> LSN:
+        return self.status.write
+
+    @property
+    def flush(self) -> LSN:
+        return self.status.flush
+
+    @property
+    def apply(self) -> LSN:
+        return self.status.apply
+
+    def restart(self, start: LSN) -> None:
+        """A new START_REPLICATION at ``start``: the first update is due at once."""
+        self.expected = start
+        self.status.restart(start)
+
+    def rewind(self, fork: LSN) -> None:
+        """The server's history left ours at ``fork``: nothing past it is reported."""
+        self.status.rewind(fork)
+        self.server_wal_end = LSN(min(self.server_wal_end, fork))
+
+    # -- a batch ----------------------------------------------------------------
+
+    def take(self, events: list[XLogData | PrimaryKeepalive]) -> Batch:
+        """Decide about one read's events; ProtocolViolation if the WAL has a gap.
+
+        Taking a batch changes nothing but the server's end of WAL, so a
+        batch the fast path declines can be taken again by the read loop;
+        :meth:`accept` moves the stream on once the service writes it.
+        """
+        chunks: list[XLogData] = []
+        reply = False
+        wal_end = self.server_wal_end
+        for ev in events:
+            if ev.wal_end > wal_end:
+                wal_end = ev.wal_end
+            if type(ev) is XLogData:
+                chunks.append(ev)
+            elif isinstance(ev, PrimaryKeepalive) and ev.reply_requested:
+                reply = True
+        self.server_wal_end = wal_end
+        endpos = self.endpos
+        if endpos is not None and chunks:
+            chunks = through_endpos(chunks, endpos, self.seg_size)
+        expected = self.expected
+        for ev in chunks:
+            if ev.data_start != expected:
+                raise ProtocolViolation(
+                    f"received WAL at {ev.data_start}, expected {expected}: the stream has a gap"
+                )
+            expected = ev.data_end
+        # As pg_receivewal: done once the received position is past endpos.
+        return Batch(chunks, reply, endpos is not None and expected > endpos)
+
+    def accept(self, end: LSN) -> None:
+        """The service is writing a taken batch's WAL, up to ``end``: the stream continues there."""
+        self.expected = end
+
+    def flush_before_reply(self, batch: Batch, unflushed: bool) -> bool:
+        """Whether answering this batch's reply request needs an fsync first.
+
+        pg_receivewal fsyncs before it answers when it reports a flush
+        position; when nothing is unflushed (every batch in synchronous mode)
+        the answer needs no disk at all.
+        """
+        return batch.reply and self.status.report_flush and unflushed
+
+    def written(self, end: int, flushed: int) -> None:
+        """The service wrote up to ``end``; ``flushed`` is what is durable now."""
+        self.status.received(end)
+        self.status.flushed(flushed)
+
+    def flushed(self, position: int) -> None:
+        """An fsync made WAL durable up to ``position`` (never past what was written)."""
+        self.status.flushed(position)
+
+    def applied(self, position: int) -> None:
+        """A consumer replayed up to ``position``: reported as apply, at once."""
+        self.status.applied(position)
+
+    def replied(self, batch: Batch) -> None:
+        """The batch's WAL is handled: its reply request (if any) is due now."""
+        if batch.reply:
+            self.status.reply_requested()
+
+    # -- status updates and the one timer --------------------------------------
+
+    def deadline(self, now: float) -> float | None:
+        """When :meth:`poll` must next be called (aioquic's get_timer)."""
+        return self.status.deadline(now)
+
+    def poll(self, now: float, wall_clock: float) -> StandbyStatusUpdate | None:
+        """The status update due at ``now``, if any (aioquic's handle_timer)."""
+        return self.status.poll(now, wall_clock)
