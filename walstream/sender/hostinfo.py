@@ -18,7 +18,7 @@ import socket
 import ssl
 import struct
 import sys
-from typing import Any
+from typing import Any, Protocol
 
 from walstream.sender.auth import ClientCertificate
 from walstream.sender.hba import InterfaceAddress
@@ -86,7 +86,13 @@ def interface_addresses() -> list[InterfaceAddress]:
     return found
 
 
-def peer_user(sock: socket.socket) -> str | None:
+class _Socket(Protocol):
+    """What is needed of a socket: asyncio's TransportSocket will do."""
+
+    def getsockopt(self, level: int, option: int, buflen: int) -> bytes: ...
+
+
+def peer_user(sock: _Socket) -> str | None:
     """The OS user name of the process at the other end of a Unix socket, or None.
 
     None where it cannot be had (no SO_PEERCRED on this platform, a uid

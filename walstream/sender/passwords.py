@@ -87,17 +87,16 @@ _B64: Final = {c: i for i, c in enumerate(_B64_ALPHABET)}
 def pg_b64_decode(text: str) -> bytes | None:
     """Decode base64 as PostgreSQL's pg_b64_decode does, or None where it fails.
 
-    It is laxer than :func:`base64.b64decode` in one way that matters for
-    verifiers and SCRAM proofs a client computes: blanks and line breaks
-    inside the text are skipped. Input must come in whole quanta of four.
+    Input comes in whole quanta of four; white space is an error. One quirk
+    is kept because a verifier or a SCRAM proof that PostgreSQL accepts must
+    be accepted here too: after the first "=" padding, further quanta decode
+    with the same number of bytes dropped instead of failing.
     """
     out = bytearray()
     acc = 0
     pos = 0  # characters in the current quantum
     end = 0  # 1 or 2 once "=" padding was seen: bytes to drop from each quantum
     for ch in text.encode("utf-8"):
-        if ch in b" \t\n\r":
-            continue
         if ch == 0x3D:  # "="
             if not end:
                 if pos == 2:
