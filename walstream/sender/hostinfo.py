@@ -107,6 +107,8 @@ def peer_user(sock: _Socket) -> str | None:
     except OSError:
         return None
     _, uid, _ = struct.unpack("3i", creds)
+    if uid < 0:
+        return None  # Linux's answer for a socket that is not AF_UNIX
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
