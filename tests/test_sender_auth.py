@@ -238,6 +238,19 @@ def test_trust_and_reject() -> None:
     )
 
 
+def test_for_connection_looks_up_line_and_verifier() -> None:
+    rules = parse_hba("host replication all samenet scram-sha-256\n", "f")
+    facts = ConnectionFacts(USER, ipaddress.ip_address("192.0.2.7"))
+    auth = ServerAuthenticator.for_connection(
+        rules, facts, {USER: SCRAM}, interfaces=[ipaddress.ip_interface("192.0.2.1/24")]
+    )
+    assert auth.line is rules.lines[0]
+    assert auth.verifier is SCRAM
+    outsider = ServerAuthenticator.for_connection(rules, facts, {})
+    assert outsider.line is None
+    assert outsider.verifier is None
+
+
 def test_no_matching_line() -> None:
     facts = ConnectionFacts(USER, ipaddress.ip_address("192.0.2.1"), ssl=True)
     step = ServerAuthenticator(facts, None, SCRAM).start()

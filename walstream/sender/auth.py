@@ -52,14 +52,20 @@ import hashlib
 import hmac
 import secrets
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from walstream.errors import LocalProtocolError
 from walstream.protocol import messages as m
 from walstream.protocol.server import ServerConnection, ServerEvent
-from walstream.sender.hba import ConnectionFacts, HbaLine, rejection_message
+from walstream.sender.hba import (
+    ConnectionFacts,
+    HbaLine,
+    HbaRules,
+    InterfaceAddress,
+    rejection_message,
+)
 from walstream.sender.passwords import (
     SCRAM_ITERATIONS_DEFAULT,
     SCRAM_SALT_LENGTH,
@@ -416,6 +422,23 @@ class ServerAuthenticator:
         self._client_nonce = ""
         self._server_nonce = ""
         self._server_first = ""
+
+    @classmethod
+    def for_connection(
+        cls,
+        rules: HbaRules,
+        facts: ConnectionFacts,
+        verifiers: Mapping[str, Verifier],
+        *,
+        interfaces: Sequence[InterfaceAddress] = (),
+        **kwargs: Any,
+    ) -> ServerAuthenticator:
+        """The authenticator for a connection: its pg_hba line and its role's verifier looked up.
+
+        ``interfaces`` matter only when :attr:`HbaRules.needs_interfaces`;
+        the other keyword arguments are the constructor's.
+        """
+        return cls(facts, rules.match(facts, interfaces), verifiers.get(facts.user), **kwargs)
 
     @property
     def user(self) -> str:

@@ -1,7 +1,7 @@
 """pg_hba.conf as PostgreSQL reads it, for a server of physical replication connections.
 
 :func:`parse_hba` tokenizes and parses the text as PostgreSQL's hba.c does
-(16 and later): double quotes (``""`` is a literal quote inside them), ``#``
+(its pg_hba_file_rules view on 15, 16 and 18 agrees): double quotes (``""`` is a literal quote inside them), ``#``
 comments, commas between the values of a field, a backslash at the end of a
 line continuing it on the next. :meth:`HbaRules.match` finds the first line
 whose connection type, address, database and user match a connection; there
@@ -419,7 +419,7 @@ class HbaRules:
 
         ``interfaces`` are the server's own addresses with their netmasks,
         needed only by ``samehost`` and ``samenet`` lines
-        (:func:`walstream.sender.peer.interface_addresses` gathers them).
+        (:func:`walstream.sender.hostinfo.interface_addresses` gathers them).
         """
         for line in self.lines:
             if line.matches(facts, interfaces):
