@@ -61,6 +61,7 @@ class StandbyProbe:
         self.conn = conn
         self.stream = stream
         self.sent = stream.start  # end of the WAL received
+        self.reported = (LSN(0), LSN(0), LSN(0))  # the last write, flush, apply reported
         self._wal_end = LSN(0)
         self._last_send_time = 0
         self._new_samples: list[Sample] = []
@@ -148,6 +149,7 @@ class StandbyProbe:
         handled the update (lags computed, positions stored, waiters
         released): everything it sent before that keepalive arrives first.
         """
+        self.reported = (LSN(write), LSN(flush), LSN(apply))
         sent_at = pg_time_from_unix(time.time())
         self.stream.send_status(write, flush, apply, reply_requested=True)
         async with asyncio.timeout(TIMEOUT):
