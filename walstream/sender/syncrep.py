@@ -8,7 +8,7 @@ no more) upstream as its own position.
 
 The facts come from PostgreSQL's syncrep_scanner.l, syncrep_gram.y, syncrep.c
 and walsender.c, and every wording and decision is checked against real 15,
-16 and 18 servers (tests/test_syncrep_oracle.py); the three agree.
+16 and 18 servers (tests/test_sender_syncrep_oracle.py); the three agree.
 
 * Grammar: ``name [, ...]`` (which is ``FIRST 1 (...)``), ``N (...)``
   (also FIRST), ``FIRST N (...)``, ``ANY N (...)``. A name is an identifier
