@@ -48,9 +48,11 @@ and 18.6, and read from their sources; identical unless noted):
   wal_receiver_create_temp_slot and no primary_slot_name
   ``CREATE_REPLICATION_SLOT "pg_walreceiver_<backend pid>" TEMPORARY PHYSICAL
   (RESERVE_WAL)``; ``START_REPLICATION [SLOT "s" ]X/X TIMELINE n`` at a
-  segment start. No SHOW. At the end of a timeline it reads the next_tli row,
-  fetches the new history file, and is usually restarted by the startup
-  process, so the next timeline comes on a fresh connection (same sequence).
+  segment start. No SHOW. At the end of a timeline it reads the next_tli row
+  and fetches the new history file; the startup process then restarted it
+  (seen on 16), so the next timeline came on a fresh connection, same
+  sequence. (Were it to loop on the same connection, its temporary slot's
+  CREATE would be sent again and a walsender answers 42710 "already exists".)
 * pg_basebackup (-X stream): ``SHOW data_directory_mode``, ``SHOW
   wal_segment_size``, ``IDENTIFY_SYSTEM``, ``BASE_BACKUP (...)``; its WAL
   stream connection ``SHOW data_directory_mode``,
