@@ -188,6 +188,7 @@ ws_base() {
   local mirror rootfs
   mirror=$(ws_mirror)
   rootfs=$(mktemp -d /var/tmp/walstream-rootfs.XXXXXX)
+  local t=$SECONDS
   note "no registry: bootstrapping $WS_LOCAL_BASE from $mirror" >&2
   if ! debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >"$rootfs.log" 2>&1; then
     tail -n 30 "$rootfs.log" >&2; rm -rf "$rootfs" "$rootfs.log"; return 1
@@ -200,6 +201,7 @@ ws_base() {
   esac
   tar -C "$rootfs" -c . | docker import - "$WS_LOCAL_BASE" >/dev/null
   rm -rf "$rootfs" "$rootfs.log"
+  note "bootstrapped in $((SECONDS - t))s" >&2
   echo "$WS_LOCAL_BASE"
 }
 
@@ -231,12 +233,22 @@ ws_wheels() {
 ws_build() {
   local base
   base=$(ws_base) || exit 1
+  local before after t=$SECONDS
   ws_wheels
+  note "wheels built in $((SECONDS - t))s"
+  t=$SECONDS
+  before=$(docker image inspect -f '{{.Id}}' "$WS_IMAGE" 2>/dev/null || true)
   note "building $WS_IMAGE from $base"
   if ! docker build --build-arg "BASE=$base" -t "$WS_IMAGE" "$WS_DOCKER_DIR" \
     >"$WS_RUN/build.log" 2>&1; then
     tail -n 40 "$WS_RUN/build.log" >&2
     echo "docker build failed" >&2
     exit 1
+  fi
+  after=$(docker image inspect -f '{{.Id}}' "$WS_IMAGE")
+  if [ "$before" = "$after" ]; then
+    note "unchanged (${after:7:12}), $((SECONDS - t))s"
+  else
+    note "new image ${after:7:12} in $((SECONDS - t))s"
   fi
 }

@@ -28,8 +28,10 @@ finish() {
     say "Left running"
     note "docker-compose -f docker/compose.yaml ps        (or exec postgres202 psql -U postgres)"
     note "docker-compose -f docker/compose.yaml down -v   removes it"
-    [ -z "$WS_DOCKERD_PID" ] || note "dockerd started for this runs as pid $WS_DOCKERD_PID: kill $WS_DOCKERD_PID stops it"
-    WS_DOCKERD_PID=
+    if [ -n "$WS_DOCKERD_PID" ]; then
+      note "the dockerd started for this walkthrough still runs: kill $WS_DOCKERD_PID stops it (log: $WS_RUN/dockerd.log)"
+      WS_DOCKERD_PID='' WS_RUN=''
+    fi
   else
     ws_compose down -v --remove-orphans >/dev/null 2>&1 || true
   fi
