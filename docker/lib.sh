@@ -158,7 +158,15 @@ ws_mirror() {
   local f uri
   for f in /etc/apt/sources.list.d/*.sources; do
     [ -f "$f" ] || continue
-    uri=$(awk '/^URIs:/ {u=$2} /^Suites:/ && / bookworm( |$)/ {print u; exit}' "$f")
+    # One stanza per paragraph: the first binary source for suite bookworm.
+    uri=$(awk 'BEGIN { RS = ""; FS = "\n" }
+      { u = ""; deb = 0; suite = 0
+        for (i = 1; i <= NF; i++) {
+          if ($i ~ /^URIs:/) { split($i, w, /[ \t]+/); u = w[2] }
+          if ($i ~ /^Types:/ && $i ~ /[ \t]deb([ \t]|$)/) deb = 1
+          if ($i ~ /^Suites:/ && $i ~ /[ \t]bookworm([ \t]|$)/) suite = 1
+        }
+        if (u != "" && deb && suite) { print u; exit } }' "$f")
     [ -n "$uri" ] && { echo "$uri"; return; }
   done
   for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
@@ -166,7 +174,6 @@ ws_mirror() {
     uri=$(awk '$1 == "deb" && $0 ~ / bookworm / {for (i = 2; i <= NF; i++) if ($i ~ /:\/\//) {print $i; exit}}' "$f")
     [ -n "$uri" ] && { echo "$uri"; return; }
   done
-  echo http://deb.debian.org/debian
 }
 
 # The base image: $BASE if given; else debian:bookworm-slim when it is here or
@@ -189,16 +196,18 @@ ws_base() {
   mirror=$(ws_mirror)
   rootfs=$(mktemp -d /var/tmp/walstream-rootfs.XXXXXX)
   local t=$SECONDS
-  note "no registry: bootstrapping $WS_LOCAL_BASE from $mirror" >&2
-  if ! debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >"$rootfs.log" 2>&1; then
+  # No Debian source on the host: debootstrap's own default mirror.
+  note "no registry: bootstrapping $WS_LOCAL_BASE from ${mirror:-the default mirror}" >&2
+  # shellcheck disable=SC2086 # an empty $mirror is no argument
+  if ! debootstrap --variant=minbase bookworm "$rootfs" $mirror >"$rootfs.log" 2>&1; then
     tail -n 30 "$rootfs.log" >&2; rm -rf "$rootfs" "$rootfs.log"; return 1
   fi
   # An https mirror seen through a TLS-intercepting proxy needs the host's CA
   # bundle for apt inside the build; it goes into this local image only.
-  case "$mirror" in
-  https:*) [ -f /etc/ssl/certs/ca-certificates.crt ] \
-    && cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt" ;;
-  esac
+  if [ "${mirror#https:}" != "$mirror" ] && [ -f /etc/ssl/certs/ca-certificates.crt ]; then
+    mkdir -p "$rootfs/etc/ssl/certs"
+    cp /etc/ssl/certs/ca-certificates.crt "$rootfs/etc/ssl/certs/ca-certificates.crt"
+  fi
   tar -C "$rootfs" -c . | docker import - "$WS_LOCAL_BASE" >/dev/null
   rm -rf "$rootfs" "$rootfs.log"
   note "bootstrapped in $((SECONDS - t))s" >&2
