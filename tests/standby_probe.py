@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import walstream
 from walstream import LSN
-from walstream.connection import ReplicationConnection, ReplicationStream
+from walstream.client import ReplicationConnection, ReplicationStream
 from walstream.protocol.replication import PrimaryKeepalive, XLogData, pg_time_from_unix
 
 __all__ = ["Answer", "Sample", "StandbyProbe", "sql_connection"]

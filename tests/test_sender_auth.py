@@ -150,9 +150,8 @@ def make(
 def client(
     password: str | None, tls: Tls | None = None, channel_binding: str = "prefer"
 ) -> Authenticator:
-    return Authenticator(
-        USER, password, channel_binding=channel_binding, tls=None if tls is None else tls.client
-    )
+    cert = None if tls is None else tls.client.getpeercert(binary_form=True)
+    return Authenticator(USER, password, channel_binding=channel_binding, server_certificate=cert)
 
 
 # -- every method, right and wrong passwords --------------------------------------

@@ -27,7 +27,7 @@ from collections.abc import Callable
 import pytest
 
 from walstream import LSN
-from walstream.connection import ReplicationConnection
+from walstream.client import ReplicationConnection
 from walstream.protocol.replication import pg_time_from_unix
 from walstream.sender.lag import LagTracker
 

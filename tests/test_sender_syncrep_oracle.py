@@ -26,7 +26,7 @@ import pytest
 
 import walstream
 from walstream import LSN, ServerError
-from walstream.connection import ReplicationConnection
+from walstream.client import ReplicationConnection
 from walstream.sender.syncrep import (
     SyncRepRelease,
     SyncRepStandby,

@@ -51,21 +51,76 @@ def md5_password(user: str, password: str, salt: bytes) -> bytes:
     return b"md5" + hashlib.md5(inner + salt).hexdigest().encode()
 
 
-def tls_server_end_point(certificate: bytes) -> bytes:
+_SIGNATURE_DIGESTS: Final = {
+    bytes.fromhex("2a864886f70d010104"): "md5",  # md5WithRSAEncryption
+    bytes.fromhex("2a864886f70d010105"): "sha1",  # sha1WithRSAEncryption
+    bytes.fromhex("2a864886f70d01010e"): "sha224",
+    bytes.fromhex("2a864886f70d01010b"): "sha256",
+    bytes.fromhex("2a864886f70d01010c"): "sha384",
+    bytes.fromhex("2a864886f70d01010d"): "sha512",
+    bytes.fromhex("2a8648ce3d040301"): "sha224",  # ecdsa-with-SHA224
+    bytes.fromhex("2a8648ce3d040302"): "sha256",
+    bytes.fromhex("2a8648ce3d040303"): "sha384",
+    bytes.fromhex("2a8648ce3d040304"): "sha512",
+    bytes.fromhex("2a8648ce3d0401"): "sha1",  # ecdsa-with-SHA1
+    bytes.fromhex("608648016503040301"): "sha224",  # dsa-with-sha224
+    bytes.fromhex("608648016503040302"): "sha256",
+    bytes.fromhex("2a8648ce380403"): "sha1",  # dsa-with-sha1
+}
+
+
+def _der_item(data: bytes, pos: int) -> tuple[int, int, int]:
+    """(tag, content start, content end) of the DER item at ``pos``."""
+    if pos + 2 > len(data):
+        raise ValueError("truncated DER")
+    tag = data[pos]
+    length = data[pos + 1]
+    pos += 2
+    if length & 0x80:
+        count = length & 0x7F
+        if not 1 <= count <= 4 or pos + count > len(data):
+            raise ValueError("bad DER length")
+        length = int.from_bytes(data[pos : pos + count], "big")
+        pos += count
+    if pos + length > len(data):
+        raise ValueError("truncated DER")
+    return tag, pos, pos + length
+
+
+def tls_server_end_point(certificate_der: bytes) -> bytes:
     """SCRAM's ``tls-server-end-point`` binding data (RFC 5929) for a DER certificate.
 
-    The certificate hashed with its signature's digest, SHA-256 where that is
-    MD5 or SHA-1, as PostgreSQL computes it on both sides.
-    """
-    from asn1crypto.x509 import Certificate  # scramp's own dependency
+    The server's certificate hashed, as PostgreSQL computes it on both sides.
 
+    The hash function is the one the certificate's signature uses, except
+    that MD5 and SHA-1 become SHA-256 (RFC 5929); a certificate signed
+    without a separate digest (Ed25519, RSASSA-PSS) raises ValueError, as
+    PostgreSQL cannot bind to it either.
+    """
+    tag, start, _ = _der_item(certificate_der, 0)  # Certificate ::= SEQUENCE
+    if tag != 0x30:
+        raise ValueError("not a DER certificate")
+    _, _, tbs_end = _der_item(certificate_der, start)  # tbsCertificate
+    tag, alg_start, _ = _der_item(certificate_der, tbs_end)  # signatureAlgorithm
+    if tag != 0x30:
+        raise ValueError("not a DER certificate")
+    tag, oid_start, oid_end = _der_item(certificate_der, alg_start)
+    if tag != 0x06:
+        raise ValueError("not a DER certificate")
+    digest = _SIGNATURE_DIGESTS.get(certificate_der[oid_start:oid_end])
+    if digest is None:
+        raise ValueError("could not determine server certificate signature algorithm")
+    if digest in ("md5", "sha1"):
+        digest = "sha256"
+    return hashlib.new(digest, certificate_der).digest()
+
+
+
+def _binding(certificate: bytes) -> bytes:
     try:
-        algorithm = Certificate.load(certificate, strict=True).hash_algo
+        return tls_server_end_point(certificate)
     except ValueError as e:
-        raise AuthenticationError(f"could not read the server certificate: {e}") from e
-    if algorithm in ("md5", "sha1"):
-        algorithm = "sha256"
-    return hashlib.new(algorithm, certificate).digest()
+        raise AuthenticationError(f"could not compute channel binding data: {e}") from e
 
 
 class Authenticator:
@@ -156,14 +211,14 @@ class Authenticator:
                     [_PLUS],
                     self.user,
                     password,
-                    channel_binding=("tls-server-end-point", tls_server_end_point(cert)),
+                    channel_binding=("tls-server-end-point", _binding(cert)),
                 )
             else:
                 # scramp writes the "y,," GS2 header when it was given binding
                 # data it does not use; libpq sends "y" exactly when SSL is in
                 # use but the server offered no PLUS mechanism, so mirror that.
                 binding = (
-                    ("tls-server-end-point", tls_server_end_point(cert))
+                    ("tls-server-end-point", _binding(cert))
                     if cert is not None and self.channel_binding != "disable"
                     else None
                 )

@@ -1,12 +1,12 @@
 """pg_hba.conf as PostgreSQL reads it, for a server of physical replication connections.
 
 :func:`parse_hba` tokenizes and parses the text as PostgreSQL's hba.c does
-(its pg_hba_file_rules view on 15, 16 and 18 agrees): double quotes (``""`` is a literal quote inside them), ``#``
-comments, commas between the values of a field, a backslash at the end of a
-line continuing it on the next. :meth:`HbaRules.match` finds the first line
-whose connection type, address, database and user match a connection; there
-is no fall-through, and no match is a rejection (:func:`rejection_message`
-words it as PostgreSQL does).
+(its pg_hba_file_rules view on 15, 16 and 18 agrees): double quotes (``""`` is
+a literal quote inside them), ``#`` comments, commas between the values of a
+field, a backslash at the end of a line continuing it on the next.
+:meth:`HbaRules.match` finds the first line whose connection type, address,
+database and user match a connection; there is no fall-through, and no match
+is a rejection (:func:`rejection_message` words it as PostgreSQL does).
 
 What walstream serves is narrower than PostgreSQL, and the differences are
 refused at load rather than silently misread:
