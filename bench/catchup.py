@@ -31,8 +31,10 @@ import time
 from pathlib import Path
 
 from walstream import LSN
-from walstream.embedded import PgCluster
 from walstream.wal.segment import segment_name
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.pgcluster import PgCluster
 
 SEG = 16 * 1024 * 1024
 TIME = "/usr/bin/time"

@@ -32,8 +32,10 @@ import threading
 import time
 from pathlib import Path
 
-from walstream.embedded import PgCluster
 from walstream.lsn import LSN
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.pgcluster import PgCluster
 
 APPS = ("walstream", "standby")
 

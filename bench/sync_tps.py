@@ -37,7 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from walstream.embedded import PgCluster
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.pgcluster import PgCluster
 
 
 def _pin_primary(datadir: Path, cpus: set[int]) -> None:

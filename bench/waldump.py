@@ -59,11 +59,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from walstream.embedded import PgCluster, find_bindir
+from walstream.embedded import find_bindir
 from walstream.lsn import LSN
 from walstream.wal.crc import HAVE_C_CRC32C, crc32c
 from walstream.wal.decoder import RecordStats, WalDecoder
 from walstream.wal.segment import segment_name
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.pgcluster import PgCluster
 
 SEG = 16 * 1024 * 1024
 VERSION = 15

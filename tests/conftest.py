@@ -7,15 +7,55 @@ fails: CI must prove every supported version.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from walstream.embedded import VERSIONS, PgCluster, find_bindir
+from tests.pgcluster import VERSIONS, PgCluster, find_bindir
 
 REQUIRE_ALL = os.environ.get("WALSTREAM_REQUIRE_ALL_PG") == "1"
+
+# What makes a test need a real server: these fixtures, or code that starts one.
+SERVER_FIXTURES = frozenset({"pg_server", "pg_factory", "pg15_tls"})
+_STARTS_A_SERVER = ("PgCluster.create", "PgCluster.from_backup", "make_standby", "require_version(")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "pg: needs real PostgreSQL servers (marked automatically; -m 'not pg' skips)"
+    )
+    if config.getoption("markexpr", "") == "not pg":
+        # A test that starts a server without being marked fails loudly
+        # (tests/support/cluster.py), so the unit run stays a unit run.
+        os.environ["WALSTREAM_NO_PG"] = "1"
+
+
+@functools.cache
+def _source(func: Callable[..., Any]) -> str:
+    try:
+        return inspect.getsource(func)
+    except (OSError, TypeError):
+        return ""
+
+
+def _needs_server(item: pytest.Item) -> bool:
+    if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    funcs = [getattr(item, "function", None)]
+    info = getattr(item, "_fixtureinfo", None)
+    if info is not None:
+        funcs += [d.func for defs in info.name2fixturedefs.values() for d in defs]
+    return any(f is not None and any(w in _source(f) for w in _STARTS_A_SERVER) for f in funcs)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _needs_server(item):
+            item.add_marker(pytest.mark.pg)
 
 
 def require_version(version: int) -> None:

@@ -1,9 +1,11 @@
-"""The test harness's view of walstream.embedded (kept as a module so tests import one place)."""
+"""The one place tests import their clusters from (tests/support/cluster.py's, named PgCluster)."""
 
 import time
 from collections.abc import Callable
 
-from walstream.embedded import USERS, VERSIONS, PgCluster, SslFiles, find_bindir, make_test_ca
+from tests.support.cluster import USERS, SslFiles, make_test_ca
+from tests.support.cluster import TestCluster as PgCluster
+from walstream.embedded import VERSIONS, find_bindir
 
 __all__ = [
     "USERS",

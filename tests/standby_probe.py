@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import walstream
 from walstream import LSN
 from walstream.client import ReplicationConnection, ReplicationStream
-from walstream.protocol.replication import PrimaryKeepalive, XLogData, pg_time_from_unix
+from walstream.pgtypes import pg_time_from_unix
+from walstream.protocol.replication import PrimaryKeepalive, XLogData
 
 __all__ = ["Answer", "Sample", "StandbyProbe", "sql_connection"]
 

@@ -28,7 +28,7 @@ import pytest
 
 from walstream import LSN
 from walstream.client import ReplicationConnection
-from walstream.protocol.replication import pg_time_from_unix
+from walstream.pgtypes import pg_time_from_unix
 from walstream.sender.lag import LagTracker
 
 from .pgcluster import VERSIONS, PgCluster

@@ -108,7 +108,7 @@ async def run(version: int, seconds: float) -> None:
         )
         options = ReceiverOptions(
             directory=directory,
-            conninfo=cluster.conninfo("scram_user", "scrampass", application_name=APP),
+            conninfo=cluster.conninfo("walstream", "walstream", application_name=APP),
             synchronous=True,
             status_interval=1.0,
         )

