@@ -17,6 +17,10 @@ thread hand-off cost measurable TPS. Disk calls never overlap: the loop
 awaits each before the next, which is the disk layer's threading contract.
 The status policy (:mod:`walstream.protocol.standby`) decides when updates go
 out and never lets a flush position run ahead of an fsync.
+
+Errors: :class:`ReceiverError` for the receiver's own fatal conditions
+(directory, options, server identity); the client's, storage's and the
+server's errors pass through (all :class:`walstream.errors.Error`).
 """
 
 from __future__ import annotations

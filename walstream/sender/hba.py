@@ -36,6 +36,9 @@ computation except :func:`read_hba_file`. Numeric addresses are parsed with
 ``getaddrinfo(AI_NUMERICHOST)``, as PostgreSQL does, which never consults the
 network but accepts exactly what PostgreSQL accepts (``127.1``,
 ``fe80::1%lo``).
+
+Errors: :class:`HbaFileError` (every bad line of a file, each an
+:class:`HbaError` naming file and line, with PostgreSQL's words).
 """
 
 from __future__ import annotations

@@ -19,6 +19,8 @@ needs quoting: it runs to the end of the line.
 
 Everything here is pure computation; :func:`load_passwords` is the one
 function that reads a file.
+
+Errors: :class:`PasswordsFileError`, naming the file and line.
 """
 
 from __future__ import annotations

@@ -41,6 +41,8 @@ and walsender.c, and every wording and decision is checked against real 15,
   of each; synchronous_commit remote_write waits for write, on for flush,
   remote_apply for apply. Positions only advance, and only when one of the
   chosen standbys replies.
+
+Errors: :class:`SyncStandbyNamesError`, with PostgreSQL's SQLSTATE, message and detail.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ out) does the replaying, and :mod:`walstream.startup.replayer` runs it
 beside a receiver.
 
 Its command line is :mod:`walstream.cli.startup` (``python -m walstream.startup``).
+
+Errors: :class:`StartupError` (corrupt WAL, a target never reached, a bad
+directory).
 """
 
 from __future__ import annotations

@@ -25,6 +25,9 @@ before); WAL of another system identifier is refused.
 Threading contract: a WalDirectory is used by one thread at a time (the
 receiver runs all of it in one dedicated disk thread); ``written`` and
 ``flushed`` may be read from any thread.
+
+Errors: :class:`DiskError` (a file operation failed; names the file and
+the cause), :class:`DirectoryMismatch` (WAL of another system).
 """
 
 from __future__ import annotations

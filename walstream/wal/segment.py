@@ -4,6 +4,8 @@ Pure functions shared by the receiver, startup and sender roles. The naming
 is PostgreSQL's ``XLogFileName``: ``%08X%08X%08X`` of the timeline, the
 segment number divided by segments-per-xlogid (``2**32 // seg_size``) and its
 remainder, so the split depends on the segment size.
+
+Errors: :class:`HistoryFileError`, a history file PostgreSQL would refuse.
 """
 
 from __future__ import annotations
