@@ -68,10 +68,20 @@ class Wire(asyncio.BufferedProtocol, Generic[E]):
     """
 
     def __init__(
-        self, machine: SansIOMachine[E], *, peer: str = "server", high_water: int = HIGH_WATER
+        self,
+        machine: SansIOMachine[E],
+        *,
+        peer: str = "server",
+        high_water: int = HIGH_WATER,
+        abort_on_error: bool = True,
     ) -> None:
         self.machine = machine
         self.peer = peer
+        # A client drops a server that breaks the protocol at once; a server
+        # first tells the client why (the consumer sends the FATAL, then closes).
+        self._abort_on_error = abort_on_error
+        self.write_paused = False  # the transport's buffer is above its high-water mark
+        self.on_drained: Callable[[], None] | None = None
         self.transport: asyncio.Transport | None = None
         self.events: deque[E] = deque()
         self.failure: BaseException | None = None
@@ -151,7 +161,10 @@ class Wire(asyncio.BufferedProtocol, Generic[E]):
         try:
             events = self.machine.receive_data(data)
         except Error as e:
-            self._abort(e)
+            if self._abort_on_error:
+                self._abort(e)
+            else:
+                self._fail(e)
             return
         if events:
             waiter = self._waiter
@@ -195,6 +208,14 @@ class Wire(asyncio.BufferedProtocol, Generic[E]):
             detail = f": {exc}" if exc else ""
             self.failure = ConnectError(f"{self.peer} closed the connection unexpectedly{detail}")
         self._wake()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.on_drained is not None:
+            self.on_drained()
 
     # -- the consumer's side -----------------------------------------------------
 
@@ -264,6 +285,11 @@ class Wire(asyncio.BufferedProtocol, Generic[E]):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+    def pause_reading(self) -> None:
+        """Read nothing more until the transport changes (a TLS handshake takes over reading)."""
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     async def start_tls(
         self,
