@@ -121,3 +121,27 @@ def test_rewind_after_a_fork_reports_nothing_past_it() -> None:
     p.rewind(LSN(START + 400))
     assert (p.write, p.flush, p.server_wal_end) == (START + 400, START + 400, START + 400)
     assert p.deadline(0.0) == 0.0  # and says so at once
+
+
+def test_synchronous_mode_reports_the_write_before_the_fsync_then_the_flush() -> None:
+    """As PostgreSQL's walreceiver: remote_write commits are released an fsync earlier."""
+    p = policy(synchronous=True)
+    p.poll(0.0, 0.0)
+    batch = p.take([wal(START, 100)])
+    p.accept(batch.end)
+    p.wrote(batch.end)
+    assert p.deadline(1.0) == 1.0
+    first = p.poll(1.0, 0.0)
+    assert first is not None
+    assert (first.write, first.flush) == (START + 100, 0)  # never a flush ahead of the fsync
+    p.written(batch.end, flushed=batch.end)
+    second = p.poll(1.0, 0.0)
+    assert second is not None
+    assert (second.write, second.flush) == (START + 100, START + 100)
+
+
+def test_without_synchronous_a_write_waits_for_the_interval() -> None:
+    p = policy(slot=True)
+    p.poll(0.0, 0.0)
+    p.wrote(START + 100)
+    assert p.deadline(1.0) == 10.0

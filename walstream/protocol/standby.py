@@ -10,7 +10,9 @@ the next update is due and what it says:
 * the first update at once after START_REPLICATION;
 * then every ``interval`` seconds (``None``: never periodically);
 * at once when a keepalive asks for a reply;
-* at once after a flush, in synchronous mode;
+* at once after a write and again after its flush, in synchronous mode (as
+  PostgreSQL's walreceiver does: a primary waiting with
+  ``synchronous_commit = remote_write`` is released an fsync earlier);
 * at once when the replay position moves (so remote_apply waits end promptly).
 
 The flush position is reported only when it is meaningful: never ahead of an
@@ -36,6 +38,7 @@ class StatusPolicy:
     interval: float | None = 10.0
     report_flush: bool = True  # False: --no-sync, or no slot and not synchronous
     report_on_flush: bool = False  # synchronous mode: report each flush at once
+    report_on_write: bool = False  # ... and each write, before its fsync
     write: LSN = INVALID_LSN
     flush: LSN = INVALID_LSN
     apply: LSN = INVALID_LSN
@@ -45,6 +48,8 @@ class StatusPolicy:
     def received(self, end: int) -> None:
         if end > self.write:
             self.write = LSN(end)
+            if self.report_on_write:
+                self._due = True
 
     def flushed(self, position: int) -> None:
         if position > self.flush:

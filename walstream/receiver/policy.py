@@ -80,7 +80,10 @@ class ReceivePolicy:
         endpos: LSN | None = None,
     ) -> None:
         self.status = StatusPolicy(
-            interval=interval, report_flush=report_flush, report_on_flush=synchronous
+            interval=interval,
+            report_flush=report_flush,
+            report_on_flush=synchronous,
+            report_on_write=synchronous,
         )
         self.endpos = endpos
         self.seg_size = 0  # known once the server said it; needed for the endpos cut
@@ -161,6 +164,10 @@ class ReceivePolicy:
         """The service wrote up to ``end``; ``flushed`` is what is durable now."""
         self.status.received(end)
         self.status.flushed(flushed)
+
+    def wrote(self, end: int) -> None:
+        """Written up to ``end``, not yet fsynced: in synchronous mode, reported at once."""
+        self.status.received(end)
 
     def flushed(self, position: int) -> None:
         """An fsync made WAL durable up to ``position`` (never past what was written)."""

@@ -557,7 +557,13 @@ class WalReceiver:
             return False
         self._accept(chunks)
         directory.write_chunks(start, [ev.data for ev in chunks], timeline)
-        self._written(directory, end, directory.sync() if synchronous else None)
+        if not synchronous:
+            self._written(directory, end, None)
+            return True
+        # A reply once written and another once fsynced, as PostgreSQL's
+        # walreceiver: remote_write commits need not wait for the fsync.
+        self._wrote(end)
+        self._written(directory, end, directory.sync())
         return True
 
     async def _write(self, directory: WalDirectory, chunks: list[XLogData], timeline: int) -> None:
@@ -568,10 +574,16 @@ class WalReceiver:
         pieces = [ev.data for ev in chunks]
         synchronous = self.options.synchronous
 
+        loop = asyncio.get_running_loop()
+        end = chunks[-1].data_end
+
         def write_batch() -> LSN | None:
             # The batch is contiguous (checked): one system call for it.
             directory.write_chunks(start, pieces, timeline)
-            return directory.sync() if synchronous else None
+            if not synchronous:
+                return None
+            loop.call_soon_threadsafe(self._wrote, end)  # replied while we fsync
+            return directory.sync()
 
         self._written(directory, chunks[-1].data_end, await self._in_disk_thread(write_batch))
 
@@ -583,6 +595,11 @@ class WalReceiver:
         """
         self.policy.accept(chunks[-1].data_end)
         self._offer(chunks)
+
+    def _wrote(self, end: LSN) -> None:
+        """Written, not yet durable: synchronous mode says so at once (write moves, flush not)."""
+        self.policy.wrote(end)
+        self._send_due_status()
 
     def _written(self, directory: WalDirectory, end: LSN, flushed: LSN | None) -> None:
         self.policy.written(end, directory.flushed if flushed is None else flushed)
