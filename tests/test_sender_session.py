@@ -378,3 +378,24 @@ def test_a_protocol_violation_is_answered_then_dropped() -> None:
         "08P01",
         "extended query protocol not supported in a replication connection",
     )
+
+
+def test_a_promotion_upstream_ends_the_stream_at_the_switch_point() -> None:
+    """As a cascading walsender: the timeline being sent becomes historic under the stream."""
+    source = MemorySource(SWITCH - 1000)
+    pipe = Pipe(core(source))
+    pipe.login()
+    sent = [e for e in _stream(pipe, "START_REPLICATION 0/300000 TIMELINE 1")
+            if isinstance(e, XLogData)]  # fmt: skip
+    assert sent[-1].data_end == SWITCH - 1000
+    source.promoted, source.end = True, LSN(4 * SEG)  # timeline 2 appears, forked at SWITCH
+    pipe.session.wal_available(pipe.now)
+    events = offer(pipe)
+    assert [e.data_end for e in events if isinstance(e, XLogData)] == [SWITCH]
+    assert isinstance(events[-1], m.CopyDone)
+    pipe.send(pipe.client.copy_done())
+    results = pipe.run(generators.query_results(pipe.client, "START_REPLICATION"))
+    assert NextTimeline.from_result(results[0]) == NextTimeline(2, SWITCH)
+    wal = [e for e in _stream(pipe, f"START_REPLICATION {LSN(SWITCH - SWITCH % SEG)} TIMELINE 2")
+           if isinstance(e, XLogData)]  # fmt: skip
+    assert wal[-1].data_end == 4 * SEG  # and timeline 2 is served from there

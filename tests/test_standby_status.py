@@ -72,3 +72,24 @@ def test_rewind_brings_positions_past_a_fork_back_and_reports_at_once() -> None:
     p.received(0x960000)
     p.flushed(0x960000)  # the next flush on the new timeline is reported at once again
     assert p.poll(2.0, 0.0) is not None
+
+
+def test_a_cap_limits_what_is_reported_and_is_reported_at_once() -> None:
+    """The relay: its own positions, capped by what its synchronous standbys confirmed."""
+    policy = StatusPolicy(interval=10.0, report_flush=True)
+    policy.received(LSN(0x5000))
+    policy.flushed(LSN(0x4000))
+    policy.poll(0.0, 0.0)
+    policy.limit((LSN(0x3000), LSN(0x2000), LSN(0x1000)))
+    assert policy.deadline(1.0) == 1.0
+    update = policy.poll(1.0, 0.0)
+    assert update is not None
+    assert (update.write, update.flush, update.apply) == (0x3000, 0x2000, 0x1000)
+    policy.limit((LSN(0x9000), LSN(0x9000), LSN(0x8000)))  # never past our own positions
+    update = policy.poll(2.0, 0.0)
+    assert update is not None
+    assert (update.write, update.flush, update.apply) == (0x5000, 0x4000, 0x8000)
+    policy.limit(None)
+    update = policy.poll(3.0, 0.0)
+    assert update is not None
+    assert (update.write, update.flush, update.apply) == (0x5000, 0x4000, 0)

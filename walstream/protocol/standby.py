@@ -42,6 +42,9 @@ class StatusPolicy:
     write: LSN = INVALID_LSN
     flush: LSN = INVALID_LSN
     apply: LSN = INVALID_LSN
+    # What a composition allows to be reported (the relay: what its synchronous
+    # standbys confirmed): each position reported is at most this one.
+    cap: tuple[LSN, LSN, LSN] | None = None
     _due: bool = True  # the first update goes out at once
     _next: float | None = None
 
@@ -67,6 +70,18 @@ class StatusPolicy:
     def reply_requested(self) -> None:
         self._due = True
 
+    def limit(self, cap: tuple[LSN, LSN, LSN] | None) -> None:
+        """Report at most ``cap``'s write and flush, and its apply; None: the positions as they are.
+
+        For a composition that answers for others: a relay reports what its
+        synchronous standbys confirmed (it replays nothing itself, so apply
+        is theirs). A new cap is reported at once, so a primary waiting on it
+        is released (or held) without waiting for the interval.
+        """
+        if cap != self.cap:
+            self.cap = cap
+            self._due = True
+
     def deadline(self, now: float) -> float | None:
         """When :meth:`poll` must next be called (``now`` if already due)."""
         if self._due:
@@ -79,10 +94,13 @@ class StatusPolicy:
             return None
         self._due = False
         self._next = None if not self.interval else now + self.interval
-        flush = self.flush if self.report_flush else INVALID_LSN
-        return StandbyStatusUpdate(
-            self.write, flush, self.apply, pg_time_from_unix(wall_clock), False
-        )
+        write, flush, apply = self.write, self.flush, self.apply
+        cap = self.cap
+        if cap is not None:
+            write, flush, apply = LSN(min(write, cap[0])), LSN(min(flush, cap[1])), cap[2]
+        if not self.report_flush:
+            flush = INVALID_LSN
+        return StandbyStatusUpdate(write, flush, apply, pg_time_from_unix(wall_clock), False)
 
     def rewind(self, position: int) -> None:
         """Positions past ``position`` come back to it: WAL there is no longer the stream's.

@@ -179,6 +179,8 @@ class WalReceiver:
         self._disk = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="walstream-disk")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None  # the status policy's deadline
+        self._feedback: tuple[int, int, int, int] | None = None  # forwarded (the relay)
+        self._feedback_sent: float | None = None
         self._systemid: int | None = None
         self._consumer: WalConsumer | None = None
         # As pg_receivewal, only a first connection that fails is fatal in
@@ -212,6 +214,40 @@ class WalReceiver:
     def connected(self) -> bool:
         """A connection succeeded since start: later failures are retried (pg_receivewal's rule)."""
         return self._connected
+
+    def limit_reports(self, cap: tuple[LSN, LSN, LSN] | None) -> None:
+        """Report at most ``cap`` (write, flush; apply as given) upstream; None lifts it.
+
+        The relay's synchronous replication through a cascade: what it reports
+        is its own durable position capped by what its synchronous standbys
+        confirmed. Call on the receiver's event loop.
+        """
+        self.policy.status.limit(cap)
+        self._send_due_status()
+
+    def send_feedback(self, feedback: tuple[int, int, int, int] | None) -> None:
+        """Hot-standby feedback upstream (xmin, epoch, catalog_xmin, epoch); None clears it.
+
+        Sent now and again with every periodic status update, as a standby's
+        walreceiver does with hot_standby_feedback. Call on the receiver's event loop.
+        """
+        self._feedback = feedback or (0, 0, 0, 0)
+        self._feedback_sent = None
+        self._send_feedback(self._loop.time() if self._loop else 0.0)
+
+    def _send_feedback(self, now: float) -> None:
+        """The feedback, if set, at most once per status interval unless it changed."""
+        stream = self._stream
+        if self._feedback is None or stream is None or stream.server_ended:
+            return
+        interval = self.options.status_interval or 10.0
+        if self._feedback_sent is not None and now < self._feedback_sent + interval:
+            return
+        try:
+            stream.send_feedback(*self._feedback)
+            self._feedback_sent = now
+        except Error as e:
+            log.debug("hot standby feedback not sent: %s", e)
 
     def report_applied(self, position: int) -> None:
         """The consumer's replay position, sent as 'apply' in status updates."""
@@ -479,6 +515,7 @@ class WalReceiver:
     async def _copy(self, stream: ReplicationStream, directory: WalDirectory) -> str:
         """Receive until the server ends the timeline ("ended"), endpos ("done") or stop."""
         self._stream = stream
+        self._feedback_sent = None  # a new stream hears the feedback at once
         self._state = "streaming"
         policy = self.policy
         policy.restart(stream.start)
@@ -657,6 +694,7 @@ class WalReceiver:
                 stream.send_update(update)
             except Error as e:
                 log.debug("status update not sent: %s", e)
+            self._send_feedback(now)
         # One timer, armed from the policy's deadline (aioquic's get_timer): it
         # sends periodic updates even while the streaming loop waits for the
         # disk. Re-armed only when the deadline comes earlier, so the batch

@@ -833,6 +833,8 @@ class WalSenderSession:
             return
         self._more = False
         source = self.core.source
+        if stream.end is None and source.timeline() != stream.timeline:
+            self._became_historic(stream)
         request = source.end_of_wal() if stream.end is None else stream.end
         pg_now = self._pg_time(now)
         self._lag.record(request, pg_now)
@@ -876,6 +878,30 @@ class WalSenderSession:
                 self._keepalive(now, reply_requested=True)
                 self._out += self.conn.command_complete("COPY 0")
                 self._close("shutting down", quiet=True)
+
+    def _became_historic(self, stream: _Stream) -> None:
+        """The timeline being streamed ended upstream (a promotion): stop at its switch point.
+
+        As a cascading walsender does: the new timeline's history says where
+        ours forked off; what is sent ends there with CopyDone, and the client
+        is told the next timeline when it ends the COPY.
+        """
+        newest = self.core.source.timeline()
+        history = self.core.source.history(newest)
+        for i, entry in enumerate(history):
+            if entry.parent_tli == stream.timeline:
+                stream.end = entry.switchpoint
+                stream.next_timeline = history[i + 1].parent_tli if i + 1 < len(history) else newest
+                log.info(
+                    "connection %d: timeline %d ends at %s; timeline %d follows",
+                    self.pid,
+                    stream.timeline,
+                    stream.end,
+                    stream.next_timeline,
+                )
+                return
+        # A new timeline that did not come from ours: nothing more is ours to send.
+        stream.end, stream.next_timeline = self._sent, newest
 
     @property
     def wants_wal(self) -> bool:
