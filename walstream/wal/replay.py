@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from datetime import datetime
-from typing import Final, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from walstream.errors import RecoveryTargetUnreachable, WalCorruption
 from walstream.lsn import LSN
+from walstream.wal import kernel
 from walstream.wal.decoder import XLOG_BLCKSZ, WalDecoder
 from walstream.wal.recovery import (
     RecoveryTarget,
@@ -31,10 +32,35 @@ from walstream.wal.rmgr import (
     decode_payload,
 )
 
+if TYPE_CHECKING:
+    from walstream.wal.fastscan import ReplaySink
+
 __all__ = ["RecoveryTarget", "ReplayState", "TargetReached"]
 
 _RECENT_XACTS: Final = 10_000
 XLOG_BACKUP_END: Final = 0x50
+_wanted: bytes | None = None
+
+
+def _wanted_keys() -> bytes:
+    """Per ``info | rmid << 8``: 1 for the records whose payload replay decodes.
+
+    Those for which :func:`decode_payload` returns something or refuses the
+    main data (found by asking it, so the table cannot drift from it);
+    only XLOG and Transaction records are looked at, as :meth:`ReplayState._apply` does.
+    """
+    global _wanted
+    if _wanted is None:
+        table = bytearray(65536)
+        for rmid in (0, 1):
+            for info in range(256):
+                try:
+                    wanted = decode_payload(rmid, info, 0, b"", 0) is not None
+                except WalCorruption:
+                    wanted = True
+                table[rmid << 8 | info] = wanted
+        _wanted = bytes(table)
+    return _wanted
 
 
 class ReplayState:
@@ -82,6 +108,13 @@ class ReplayState:
         self.backup_start = None if backup_start is None else LSN(backup_start)
         self.consistent = backup_start is None  # tracked only with a target
         self._decoded: deque[tuple[LSN, int, int, int, bytes, int]] = deque()
+        # With the compiled kernel (and no target: a target checks record by
+        # record), records wait in a sink that costs no object per record.
+        self._sink: ReplaySink | None = (
+            kernel.FASTSCAN.ReplaySink(_wanted_keys())
+            if kernel.FASTSCAN is not None and self.target is None
+            else None
+        )
         self._target_value: int | bytes | None = None
         if self.target is not None:
             value = self.target.value
@@ -107,6 +140,8 @@ class ReplayState:
         """Replay every decoded record that ends at or before ``durable``; return replay_lsn."""
         if self.target is not None:
             return self._advance_to_target(durable)
+        if self._sink is not None:
+            return self._advance_compiled(durable)
         if self.stopped is None:
             for rec in self.decoder.records():
                 # Only XLOG (0) and Transaction (1) payloads change the tracked state.
@@ -119,6 +154,24 @@ class ReplayState:
             self._apply(rmid, info, xid, main_data, lsn, version)
             self.replay_lsn = end
         return self.replay_lsn
+
+    def _advance_compiled(self, durable: int) -> LSN:
+        """advance() with the compiled kernel: the same replay, records queued in the sink."""
+        sink = self._sink
+        assert sink is not None
+        if self.stopped is None:
+            self.decoder.scan_replay(sink)
+            self.stopped = self.decoder.outcome  # the caller says what it means
+        version = self.decoder.version
+        while True:
+            entry = sink.pop_due(durable)
+            if sink.replayed > self.replay_lsn:
+                self.replay_lsn = LSN(sink.replayed)
+            if entry is None:
+                return self.replay_lsn
+            end, rmid, info, xid, main, lsn = entry
+            self._apply(rmid, info, xid, main, lsn, version)
+            self.replay_lsn = LSN(end)
 
     def _apply(self, rmid: int, info: int, xid: int, main: bytes, lsn: int, version: int) -> None:
         if rmid > 1:
