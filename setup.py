@@ -48,6 +48,10 @@ if _compile():
         ext_modules = mypycify(KERNEL, opt_level="3", debug_level="0")
     setup(
         ext_modules=ext_modules,
+        # Always compile and link afresh: walstream.wal.kernel refuses an
+        # extension older than fastscan.py, and an unchanged C file would
+        # otherwise leave the old one in place.
+        options={"build_ext": {"force": True}},
         setup_requires=[MYPY, LIBRT],
         install_requires=["scramp>=1.4", LIBRT_RUNTIME],
     )

@@ -988,6 +988,36 @@ def test_replay_paths_agree_whatever_the_feeds_and_damage(
     _replay_both(monkeypatch, start, feeds)
 
 
+def test_replay_paths_agree_on_damaged_transaction_ends(
+    sample: Sample, monkeypatch: pytest.MonkeyPatch, compiled_kernel: None
+) -> None:
+    """Commits and aborts changed but with a valid CRC: parsed by the kernel or refused alike."""
+    records, _ = decode_files(sample.wal.waldir, 1, sample.t1_start)
+    ends = [
+        r
+        for r in records
+        if r.rmid == 1
+        and r.info & 0x70 in (0x00, 0x20, 0x30, 0x40)
+        and r.lsn % 8192 + r.tot_len <= 8192
+        and r.lsn % SEG_SIZE > 8192
+    ]
+    chosen = ends[:2] + [r for r in ends if r.info & 0x80 and r.main_len > 16][:4]
+    assert len(chosen) >= 4
+    for rec in chosen:
+        start = rec.lsn - rec.lsn % SEG_SIZE
+        off = rec.lsn - start
+        main_at = rec.tot_len - rec.main_len
+        data = (sample.wal.waldir / seg_name(1, start)).read_bytes()[: off + 8192 - off % 8192]
+        for at in range(main_at + 8, min(rec.tot_len, main_at + 24)):
+            for value in (0x00, 0x01, 0x7F, 0x80, 0xFF):
+                bad = bytearray(data)
+                bad[off + at] = value
+                body = bytes(bad[off : off + rec.tot_len])
+                fixed = crc32c(body[:20], crc32c(body[24:]))
+                bad[off + 20 : off + 24] = fixed.to_bytes(4, "little")
+                _replay_both(monkeypatch, start, [(start, bytes(bad), start + len(bad))])
+
+
 # ---------------------------------------------------------------------------
 # waldump --stats in parallel parts against the serial scan
 # ---------------------------------------------------------------------------

@@ -1276,8 +1276,8 @@ class WalDecoder:
         pos, prev, page_ok, latest = scanner.run(
             buf, base, self._next - base, prev - base, self._page_ok - base,
             self._latest_page - base, self._latest_tli, -1 if magic is None else magic, self._v15,
-            self._toplevel_ok, self._max_len, _SPECIAL_15 if self._v15 else _SPECIAL_14, counts,
-            sink,
+            self._toplevel_ok, self._max_len, self._version,
+            _SPECIAL_15 if self._v15 else _SPECIAL_14, counts, sink,
         )  # fmt: skip
         self._next = base + pos
         self._prev = base + prev

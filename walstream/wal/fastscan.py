@@ -35,6 +35,7 @@ the slice it needs cost 70-120 ns), and the C package above.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Final
 
@@ -42,7 +43,15 @@ from librt.strings import read_i16_le, read_i32_le, read_i64_le
 from librt.vecs import append, vec
 from mypy_extensions import i64
 
-__all__ = ["Counts", "ReplaySink", "Scanner", "crc32c_table"]
+__all__ = [
+    "WANT_END",
+    "WANT_PAYLOAD",
+    "WANT_XACT_END",
+    "Counts",
+    "ReplaySink",
+    "Scanner",
+    "crc32c_table",
+]
 
 _POLY: Final = 0x82F63B78  # CRC-32C, reflected
 # Records up to this many bytes are checksummed by the table loop (about
@@ -52,6 +61,9 @@ _SHORT_HEADER: Final = 24
 _PAGE: Final = 8192
 _PAGE_DATA: Final = 8168  # XLOG_BLCKSZ - SizeOfXLogShortPHD
 _BLCKSZ: Final = 8192
+# Record ends are kept as i64: the decoder runs the kernel below this LSN only.
+_LIMIT: Final[i64] = 1 << 62
+_LIMIT_INT: Final[int] = 1 << 62
 
 XLR_MAX_BLOCK_ID: Final = 32
 XLR_BLOCK_ID_DATA_SHORT: Final = 255
@@ -165,87 +177,221 @@ class Counts:
     def flush(self, acc: list[int], fpis: list[int], count_one: int) -> None:
         """Add the counts to RecordStats' ``acc`` and ``fpi`` lists; start from zero again."""
         for key in self.touched:
-            acc[key] += count_one * self.n[key] + self.tot[key]
-            fpis[key] += self.fpi[key]
+            # In int, not i64: an int operand next to an i64 one is made i64,
+            # and the count times 2**48 would wrap silently.
+            count: int = int(self.n[key])
+            acc[key] += count * count_one + int(self.tot[key])
+            fpis[key] += int(self.fpi[key])
             self.n[key] = 0
             self.tot[key] = 0
             self.fpi[key] = 0
         self.touched = vec[i64]()
 
 
+# ReplaySink.wanted values: what replay needs of a record type.
+WANT_END: Final = 0  # only its end (the replay position)
+WANT_PAYLOAD: Final = 1  # its main data, decoded in Python (decode_payload)
+WANT_XACT_END: Final = 2  # a commit or abort: parsed here when well formed
+_XACT_KINDS: Final = ("COMMIT", "", "ABORT", "COMMIT_PREPARED", "ABORT_PREPARED")
+
+
 class ReplaySink:
     """Records decoded for replay, waiting until they are durable.
 
-    Every record's end (EndRecPtr) goes into a native array; the records
-    whose ``info | rmid << 8`` is set in ``wanted`` (those replay tracking
-    decodes) also into a list of tuples ``(end, rmid, info, xid, main data,
-    lsn)``. :meth:`pop_due` then replays in LSN order up to a durable
-    position. Record ends are absolute LSNs kept as ``i64``: the kernel only
-    runs below 2**62.
+    Every record's end (EndRecPtr) goes into a native array. Replay needs
+    more of a few record types (``wanted``, per ``info | rmid << 8``):
+    transaction ends are parsed here (:func:`_xact_end`) into native arrays
+    too, the others (and transaction ends this parser leaves to
+    ``decode_payload``) into a list of tuples ``(index, end, rmid, info,
+    xid, main data, lsn)``. :meth:`pop_due` then replays in LSN order up to
+    a durable position: record ends and transaction ends on its own (as
+    ReplayState._apply and _track would: the bounded ``xacts`` mapping,
+    the last transaction time), the rest handed back one at a time. Record
+    ends are absolute LSNs kept as ``i64``: the kernel only runs below
+    2**62.
     """
 
-    def __init__(self, wanted: bytes) -> None:
+    def __init__(self, wanted: bytes, xacts: OrderedDict[int, str], recent: i64) -> None:
         self.wanted = wanted
+        self.xacts = xacts  # ReplayState.xacts, the same object
+        self.recent = recent  # its bound
         self.ends: vec[i64] = vec[i64]()
         self.head: i64 = 0  # ends[head] is the first record not replayed
         self.dropped: i64 = 0  # records removed from the front of ends
         self.entries: list[tuple[int, int, int, int, int, bytes, int]] = []
         self.entry_head: i64 = 0
+        # Transaction ends parsed here: record index, xid, kind (info & 0x70 >> 4), time.
+        self.x_index: vec[i64] = vec[i64]()
+        self.x_xid: vec[i64] = vec[i64]()
+        self.x_kind: vec[i64] = vec[i64]()
+        self.x_time: vec[i64] = vec[i64]()
+        self.x_head: i64 = 0
         self.replayed: i64 = 0  # the end of the last record replayed, 0 before any
+        self.pending: i64 = 0  # the end of the record pop_due returned, replayed on the next call
+        self.xact_time: i64 = 0  # the raw time of the last transaction end replayed here
+        self.xact_time_new = False  # ... not yet taken by ReplayState
 
     def __len__(self) -> int:
         """Records decoded and not replayed yet."""
         return int(len(self.ends) - self.head)
 
     def add(self, end: i64, key: i64, xid: int, main: bytes, lsn: int) -> None:
-        """A record decoded (by the kernel or, for the unusual ones, by the general path)."""
+        """A record whose payload, if wanted, Python decodes (the general path's records)."""
         if self.wanted[key]:
             index = self.dropped + len(self.ends)
             self.entries.append((index, end, key >> 8, key & 255, xid, main, lsn))
         self.ends = append(self.ends, end)
 
-    def pop_due(self, durable: int) -> tuple[int, int, int, int, bytes, int] | None:
-        """Replay up to ``durable``: the next wanted record ending there or before, else None.
+    def add_end(self, end: i64) -> None:
+        self.ends = append(self.ends, end)
 
-        Records between are replayed on the way (``replayed`` follows them);
-        a wanted record is returned before ``replayed`` passes it, so the
-        caller applies it and then takes its end as the replay position.
+    def add_xact_end(self, end: i64, xid: i64, kind: i64, time: i64) -> None:
+        self.x_index = append(self.x_index, self.dropped + len(self.ends))
+        self.x_xid = append(self.x_xid, xid)
+        self.x_kind = append(self.x_kind, kind)
+        self.x_time = append(self.x_time, time)
+        self.ends = append(self.ends, end)
+
+    def pop_due(self, durable: int) -> tuple[int, int, int, int, bytes, int] | None:
+        """Replay up to ``durable``: the next record for Python ending there or before, else None.
+
+        Records between are replayed on the way (``replayed`` follows them,
+        transaction ends update ``xacts`` and ``xact_time``); a record for
+        Python is returned as ``(end, rmid, info, xid, main data, lsn)``
+        before ``replayed`` passes it: the caller applies it, then takes its
+        end as the replay position.
         """
-        limit: i64 = 1 << 62
-        if durable < limit:
+        limit: i64 = _LIMIT
+        if durable < _LIMIT_INT:  # (compared as int: an LSN may not fit an i64)
             limit = i64(durable)
+        if self.pending:  # the record returned last time was applied
+            self.replayed = self.pending
+            self.pending = 0
         ends = self.ends
         head = self.head
+        start = head
         count = len(ends)
+        dropped = self.dropped
         next_entry: i64 = -1
         if self.entry_head < len(self.entries):
-            next_entry = i64(self.entries[self.entry_head][0]) - self.dropped
+            next_entry = i64(self.entries[self.entry_head][0]) - dropped
+        x_head = self.x_head
+        x_count = len(self.x_index)
+        next_xact: i64 = -1
+        if x_head < x_count:
+            next_xact = self.x_index[x_head] - dropped
         found: tuple[int, int, int, int, bytes, int] | None = None
         while head < count and ends[head] <= limit:
-            if head == next_entry:
+            if head == next_xact:
+                kind = self.x_kind[x_head]
+                self.xact_time = self.x_time[x_head]
+                self.xact_time_new = True
+                xacts = self.xacts
+                xacts[int(self.x_xid[x_head])] = _XACT_KINDS[kind]
+                if len(xacts) > self.recent:
+                    xacts.popitem(last=False)
+                x_head += 1
+                next_xact = self.x_index[x_head] - dropped if x_head < x_count else -1
+            elif head == next_entry:
                 entry = self.entries[self.entry_head]
                 self.entry_head += 1
                 found = (entry[1], entry[2], entry[3], entry[4], entry[5], entry[6])
-                if head > 0:
+                if head > start:
                     self.replayed = ends[head - 1]
+                self.pending = ends[head]
                 head += 1
                 break
             head += 1
-        else:
-            if head > 0:
-                self.replayed = ends[head - 1]
-        if head == count and found is None:
-            # All replayed: start the arrays afresh (their memory goes back).
-            self.dropped += count
-            self.ends = vec[i64]()
-            head = 0
-            self.entries = []
-            self.entry_head = 0
-        elif self.entry_head > 1024 and self.entry_head * 2 > len(self.entries):
+        if found is None and head > start:
+            self.replayed = ends[head - 1]
+        self.x_head = x_head
+        self.head = head
+        self._compact()
+        return found
+
+    def _compact(self) -> None:
+        """Drop what was replayed (decoding may stay ahead of durability for ever)."""
+        head = self.head
+        if head < 65536 and head < len(self.ends):
+            return
+        self.ends = self.ends[head:]
+        self.dropped += head
+        self.head = 0
+        if self.entry_head:
             self.entries = self.entries[self.entry_head :]
             self.entry_head = 0
-        self.head = head
-        return found
+        x_head = self.x_head
+        if x_head:
+            self.x_index = self.x_index[x_head:]
+            self.x_xid = self.x_xid[x_head:]
+            self.x_kind = self.x_kind[x_head:]
+            self.x_time = self.x_time[x_head:]
+            self.x_head = 0
+
+
+def _xact_end(buf: bytes, m: i64, e: i64, info: i64, version: i64) -> i64:
+    """The xid a well-formed commit or abort record completes, or -1 for decode_payload to decide.
+
+    The main data is ``buf[m:e]``. Follows rmgr._xact (ParseCommitRecord /
+    ParseAbortRecord) on the records it accepts, which are those whose
+    every field lies within the main data: no negative count, no GID (its
+    text is Python's to decode). Anything else is left to the Python
+    parser, which then says exactly what it says on the pure path.
+    """
+    op = info & 0x70
+    commit = op == 0x00 or op == 0x30
+    p = m + 8
+    if p > e:
+        return -1
+    xinfo: i64 = 0
+    if info & 0x80:  # XLOG_XACT_HAS_INFO
+        if p + 4 > e:
+            return -1
+        xinfo = _u32(buf, p)
+        p += 4
+    if xinfo & 0x01:  # HAS_DBINFO
+        p += 8
+    if xinfo & 0x02:  # HAS_SUBXACTS
+        if p + 4 > e:
+            return -1
+        n = i64(read_i32_le(buf, p))
+        if n < 0:
+            return -1
+        p += 4 + 4 * n
+    if xinfo & 0x04:  # HAS_RELFILELOCATORS
+        if p + 4 > e:
+            return -1
+        n = i64(read_i32_le(buf, p))
+        if n < 0:
+            return -1
+        p += 4 + 12 * n
+    if xinfo & 0x100:  # HAS_DROPPED_STATS
+        if p + 4 > e:
+            return -1
+        n = i64(read_i32_le(buf, p))
+        if n < 0:
+            return -1
+        p += 4 + (16 if version >= 18 else 12) * n
+    if commit and xinfo & 0x08:  # HAS_INVALS
+        if p + 4 > e:
+            return -1
+        n = i64(read_i32_le(buf, p))
+        if n < 0:
+            return -1
+        p += 4 + 16 * n
+    twophase: i64 = -1
+    if xinfo & 0x10:  # HAS_TWOPHASE
+        if p + 4 > e or xinfo & 0x80:  # (HAS_GID)
+            return -1
+        twophase = _u32(buf, p)
+        p += 4
+    if xinfo & 0x20:  # HAS_ORIGIN
+        p += 16
+    if p > e:
+        return -1
+    if twophase >= 0 and (op == 0x30 or op == 0x40):
+        return twophase
+    return -2  # the record's own xl_xid
 
 
 class Scanner:
@@ -272,6 +418,7 @@ class Scanner:
         self.v15 = True
         self.top_ok = True
         self.max_len: i64 = 0
+        self.version: i64 = 15
         self.special = b""
         # Set by _gather: the start of the record's last page and the position after it.
         self.g_page: i64 = 0
@@ -290,6 +437,7 @@ class Scanner:
         v15: bool,
         top_ok: bool,
         max_len: i64,
+        version: i64,
         special: bytes,
         counts: Counts | None,
         sink: ReplaySink | None,
@@ -313,6 +461,7 @@ class Scanner:
         self.v15 = v15
         self.top_ok = top_ok
         self.max_len = max_len
+        self.version = version
         self.special = special
         self._scan(counts, sink)
         self.buf = b""
@@ -373,10 +522,7 @@ class Scanner:
                 if counts is not None:
                     counts.add(key, tot_len, fpi)
                 if sink is not None:
-                    main = b""
-                    if sink.wanted[key]:
-                        main = buf[e - self.main_len : e]
-                    sink.add(base + end, key, _u32(buf, i + 4), main, base + i)
+                    self._hand(sink, buf, i, tot_len, key, base + end, base + i)
                 prev = i
                 i = end
             if ((i + boff) & 8191) == 0:
@@ -413,16 +559,33 @@ class Scanner:
             if counts is not None:
                 counts.add(key, tot_len, fpi)
             if sink is not None:
-                main = b""
-                if sink.wanted[key]:
-                    main = rec[tot_len - self.main_len : tot_len]
-                sink.add(base + end, key, _u32(rec, 4), main, base + i)
+                self._hand(sink, rec, 0, tot_len, key, base + end, base + i)
             prev = i
             i = end
         self.pos = i
         self.prev = prev
         self.page_ok = page_ok
         self.latest_page = latest
+
+    def _hand(
+        self, sink: ReplaySink, buf: bytes, s: i64, tot_len: i64, key: i64, end: i64, lsn: i64
+    ) -> None:
+        """Give the verified record at ``buf[s:]`` (LSN ``lsn`` to ``end``) to the replay sink."""
+        wanted = sink.wanted[key]
+        if wanted == WANT_END:
+            sink.add_end(end)
+            return
+        e = s + tot_len
+        m = e - self.main_len
+        xid = _u32(buf, s + 4)
+        if wanted == WANT_XACT_END:
+            completed = _xact_end(buf, m, e, key & 255, self.version)
+            if completed != -1:
+                kind = (key & 0x70) >> 4
+                time = read_i64_le(buf, m)
+                sink.add_xact_end(end, xid if completed == -2 else completed, kind, time)
+                return
+        sink.add(end, key, xid, buf[m:e], lsn)
 
     def _gather(self, i: i64, tot_len: i64, split: bool, prev: i64, want: i64) -> bytes | None:
         """Reassemble and verify the record at ``i`` that continues on the following pages.

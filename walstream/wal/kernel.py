@@ -30,6 +30,7 @@ from typing import Final, Literal
 __all__ = ["FASTSCAN", "implementation", "reason"]
 
 _NAME: Final = "walstream.wal.fastscan"
+_STALE_AFTER: Final = 10.0  # seconds between writing the source and the extension at install
 
 
 def _load() -> tuple[ModuleType | None, str]:
@@ -39,11 +40,28 @@ def _load() -> tuple[ModuleType | None, str]:
     if spec is None or not isinstance(spec.loader, importlib.machinery.ExtensionFileLoader):
         # Only the source is there (a pure install): importing it would run it interpreted.
         return None, "the kernel is not compiled (build with WALSTREAM_COMPILE=1)"
+    if _stale(spec.origin):
+        return None, "the compiled kernel is older than fastscan.py: build it again"
     try:
         module = importlib.import_module(_NAME)
     except (ImportError, ValueError) as e:  # librt missing, or of another ABI (ValueError)
         return None, f"the compiled kernel does not load: {e}"
     return module, f"compiled kernel {module.__file__}"
+
+
+def _stale(extension: str | None) -> bool:
+    """Whether fastscan.py was changed after the extension was built (an editable checkout).
+
+    An install writes both within moments; an edit comes later, and running
+    the old kernel then would test something else than the source says.
+    """
+    if extension is None:
+        return False
+    source = os.path.join(os.path.dirname(extension), "fastscan.py")
+    try:
+        return os.stat(source).st_mtime > os.stat(extension).st_mtime + _STALE_AFTER
+    except OSError:
+        return False
 
 
 FASTSCAN: ModuleType | None

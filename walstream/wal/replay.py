@@ -30,6 +30,7 @@ from walstream.wal.rmgr import (
     RestorePoint,
     XactRecord,
     decode_payload,
+    pg_timestamp,
 )
 
 if TYPE_CHECKING:
@@ -43,14 +44,19 @@ _wanted: bytes | None = None
 
 
 def _wanted_keys() -> bytes:
-    """Per ``info | rmid << 8``: 1 for the records whose payload replay decodes.
+    """Per ``info | rmid << 8``, what the compiled kernel hands on (see fastscan.ReplaySink).
 
-    Those for which :func:`decode_payload` returns something or refuses the
-    main data (found by asking it, so the table cannot drift from it);
-    only XLOG and Transaction records are looked at, as :meth:`ReplayState._apply` does.
+    The records whose payload replay decodes are those for which
+    :func:`decode_payload` returns something or refuses the main data (found
+    by asking it, so the table cannot drift from it; only XLOG and
+    Transaction records, as :meth:`ReplayState._apply`). Of those, commits
+    and aborts (xl_info & 0x70: COMMIT, ABORT, COMMIT_PREPARED,
+    ABORT_PREPARED) are parsed by the kernel itself when well formed.
     """
     global _wanted
     if _wanted is None:
+        from walstream.wal.fastscan import WANT_END, WANT_PAYLOAD, WANT_XACT_END
+
         table = bytearray(65536)
         for rmid in (0, 1):
             for info in range(256):
@@ -58,7 +64,13 @@ def _wanted_keys() -> bytes:
                     wanted = decode_payload(rmid, info, 0, b"", 0) is not None
                 except WalCorruption:
                     wanted = True
-                table[rmid << 8 | info] = wanted
+                if not wanted:
+                    want = WANT_END
+                elif rmid == 1 and info & 0x70 in (0x00, 0x20, 0x30, 0x40):
+                    want = WANT_XACT_END
+                else:
+                    want = WANT_PAYLOAD
+                table[rmid << 8 | info] = want
         _wanted = bytes(table)
     return _wanted
 
@@ -111,7 +123,7 @@ class ReplayState:
         # With the compiled kernel (and no target: a target checks record by
         # record), records wait in a sink that costs no object per record.
         self._sink: ReplaySink | None = (
-            kernel.FASTSCAN.ReplaySink(_wanted_keys())
+            kernel.FASTSCAN.ReplaySink(_wanted_keys(), self.xacts, _RECENT_XACTS)
             if kernel.FASTSCAN is not None and self.target is None
             else None
         )
@@ -165,6 +177,9 @@ class ReplayState:
         version = self.decoder.version
         while True:
             entry = sink.pop_due(durable)
+            if sink.xact_time_new:  # the sink replayed transaction ends itself
+                sink.xact_time_new = False
+                self.last_xact_time = pg_timestamp(sink.xact_time)
             if sink.replayed > self.replay_lsn:
                 self.replay_lsn = LSN(sink.replayed)
             if entry is None:
