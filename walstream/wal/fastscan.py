@@ -128,9 +128,17 @@ def crc32c_table(buf: bytes, i: i64, e: i64, crc: i64) -> i64:
             ^ t[(q >> 56) & 255]
         )
         i += 8
-    while i < e:
+    # The tail in a 4-, a 2- and a 1-byte step (a byte at a time cost a fifth of the scan).
+    if i + 4 <= e:
+        q = (i64(read_i32_le(buf, i)) & 0xFFFFFFFF) ^ c
+        c = t[768 + (q & 255)] ^ t[512 + ((q >> 8) & 255)] ^ t[256 + ((q >> 16) & 255)] ^ t[q >> 24]
+        i += 4
+    if i + 2 <= e:
+        q = (i64(read_i16_le(buf, i)) & 0xFFFF) ^ (c & 0xFFFF)
+        c = t[256 + (q & 255)] ^ t[q >> 8] ^ (c >> 16)
+        i += 2
+    if i < e:
         c = t[(c ^ buf[i]) & 255] ^ (c >> 8)
-        i += 1
     return c ^ 0xFFFFFFFF
 
 
