@@ -37,7 +37,12 @@ Speed matters (a standby must keep up with its primary), so the common case,
 a record lying within one page of data already fed, is decoded in place from
 the fed ``bytes`` (``struct.unpack_from`` on offsets, no copy, two CRC calls
 on memoryview slices); only records crossing pages are reassembled. Records
-are tuples built without running any Python ``__init__``.
+are tuples built without running any Python ``__init__``. Whole-WAL scans
+that need no Record per record (:meth:`WalDecoder.scan_stats` and
+:meth:`WalDecoder.scan_replay`) run their common case in the compiled kernel
+when it is built (:mod:`walstream.wal.fastscan`, selected by
+:mod:`walstream.wal.kernel`), which hands everything else back to the same
+general path.
 """
 
 from __future__ import annotations

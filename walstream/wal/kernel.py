@@ -16,6 +16,12 @@ The compiled kernel is used when its extension imports; interpreted,
 ``fastscan.py`` would be slower than the pure path, so it is never used
 that way. ``WALSTREAM_PURE_PYTHON=1`` in the environment forces the pure
 path. The choice is made once, at import.
+
+In a source tree (an editable install), the extension stays beside
+``fastscan.py`` after a pure reinstall and keeps being used: delete
+``walstream/wal/fastscan*.so`` or set ``WALSTREAM_PURE_PYTHON=1``. An
+extension older than ``fastscan.py`` (the source edited since the build) is
+not used.
 """
 
 from __future__ import annotations

@@ -96,6 +96,14 @@ class ReplayState:
     as consistent from the start (a standby restart, or WAL replayed for
     tracking only). Without a target none of this costs anything per
     record: the receiver's replay runs the same loop as before.
+
+    Without a target, and with the compiled kernel (see
+    :mod:`walstream.wal.kernel`), decoding and the queue of records waiting
+    to be durable run in the kernel (:meth:`WalDecoder.scan_replay
+    <walstream.wal.decoder.WalDecoder.scan_replay>`), which builds no object
+    for a record whose payload replay does not need and replays commits and
+    aborts itself: the same positions, the same state, about 15 times as
+    fast as the pure path (see bench/README.md).
     """
 
     def __init__(
