@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from walstream.errors import Error, WalCorruption
 from walstream.lsn import LSN
+from walstream.wal import decoder as decoder_module
 from walstream.wal import kernel
 from walstream.wal.crc import crc32c
 from walstream.wal.decoder import (
@@ -72,6 +73,10 @@ def scan_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
         if REQUIRE_KERNEL:
             pytest.fail(message)
         pytest.skip(message)
+    else:
+        # The kernel pauses every 20 kB instead of every MiB: pauses happen
+        # within these 1 MB segments too.
+        monkeypatch.setattr(decoder_module, "_KERNEL_RUN", 20_000)
     return str(request.param)
 
 
@@ -966,6 +971,7 @@ def test_replay_paths_agree_on_whole_timelines(
     cuts=st.lists(st.integers(min_value=1, max_value=2 * SEG_SIZE - 1), max_size=30),
     lags=st.lists(st.integers(min_value=0, max_value=40_000), min_size=1, max_size=5),
     mutation=st.none() | mutations,
+    run=st.sampled_from([1 << 20, 8192, 30_000]),
 )
 def test_replay_paths_agree_whatever_the_feeds_and_damage(
     sample: Sample,
@@ -974,8 +980,10 @@ def test_replay_paths_agree_whatever_the_feeds_and_damage(
     cuts: list[int],
     lags: list[int],
     mutation: tuple[str, int, int] | None,
+    run: int,
 ) -> None:
     """Any pieces, durable positions lagging into the middle of records, damaged or not."""
+    monkeypatch.setattr(decoder_module, "_KERNEL_RUN", run)  # (how often the kernel pauses)
     start, data = _window(sample)
     if mutation is not None:
         data = _mutate(data, *mutation)

@@ -175,6 +175,9 @@ _COUNT_ONE: Final = 1 << 48  # RecordStats.acc: the count above bit 48, tot_len 
 # The compiled kernel keeps offsets and record ends in 64-bit integers: it runs
 # on buffers below this LSN (4 EiB of WAL), the pure path beyond.
 _KERNEL_LIMIT: Final = 1 << 62
+# Compiled code holds the GIL: the kernel pauses after about this much WAL
+# (about a millisecond) so that other threads are not held up for a segment.
+_KERNEL_RUN: Final = 1 << 20
 
 
 class RecordStats:
@@ -1277,17 +1280,23 @@ class WalDecoder:
         if scanner is None:
             assert kernel.FASTSCAN is not None
             scanner = self._scanner = kernel.FASTSCAN.Scanner(self.seg_size)
-        magic = self._magic
-        pos, prev, page_ok, latest = scanner.run(
-            buf, base, self._next - base, prev - base, self._page_ok - base,
-            self._latest_page - base, self._latest_tli, -1 if magic is None else magic, self._v15,
-            self._toplevel_ok, self._max_len, self._version,
-            _SPECIAL_15 if self._v15 else _SPECIAL_14, counts, sink,
-        )  # fmt: skip
-        self._next = base + pos
-        self._prev = base + prev
-        self._page_ok = base + page_ok
-        self._latest_page = base + latest
+        magic = -1 if self._magic is None else self._magic
+        special = _SPECIAL_15 if self._v15 else _SPECIAL_14
+        while True:
+            pos = self._next - base
+            pos, prev, page_ok, latest = scanner.run(
+                buf, base, pos, prev - base, self._page_ok - base, self._latest_page - base,
+                self._latest_tli, magic, self._v15, self._toplevel_ok, self._max_len,
+                self._version, special, counts, sink, pos + _KERNEL_RUN,
+            )  # fmt: skip
+            self._next = base + pos
+            self._prev = prev = base + prev
+            self._page_ok = base + page_ok
+            self._latest_page = base + latest
+            if not scanner.paused:
+                return
+            # Paused at a page start: back in the interpreter, where another
+            # thread (the receiver's event loop, beside its replay) may run.
 
     def _stop_end(self, lsn: int, reason: str) -> _Stop:
         return _Stop(EndOfWal(lsn, reason))

@@ -428,6 +428,8 @@ class Scanner:
         self.max_len: i64 = 0
         self.version: i64 = 15
         self.special = b""
+        self.pause_at: i64 = 0
+        self.paused = False
         # Set by _gather: the start of the record's last page and the position after it.
         self.g_page: i64 = 0
         self.g_end: i64 = 0
@@ -449,13 +451,17 @@ class Scanner:
         special: bytes,
         counts: Counts | None,
         sink: ReplaySink | None,
+        pause_at: i64,
     ) -> tuple[i64, i64, i64, i64]:
         """Verify and hand on records from offset ``pos``; return (pos, prev, page_ok, latest_page).
 
         ``pos`` must be a record start or a page start, ``prev`` the offset
         of the record before it, ``page_ok`` the offset of the last page
         whose header was validated. Stops before the first record or page
-        that is not the plain case (the general path's to decide).
+        that is not the plain case (the general path's to decide), or
+        ``paused`` at the first page start at or after offset ``pause_at``
+        (compiled code holds the GIL: the caller runs it again after a
+        chance for other threads).
         """
         self.buf = buf
         self.base = base
@@ -471,6 +477,8 @@ class Scanner:
         self.max_len = max_len
         self.version = version
         self.special = special
+        self.pause_at = pause_at
+        self.paused = False
         self._scan(counts, sink)
         self.buf = b""
         self.special = b""
@@ -497,6 +505,9 @@ class Scanner:
                 # not a segment's first page, the page before's timeline) is
                 # accepted here; anything else is the general path's.
                 if i < 0 or i + _SHORT_HEADER > n or ((i + bseg) & seg_mask) == 0:
+                    break
+                if i >= self.pause_at:
+                    self.paused = True
                     break
                 if (
                     _u16(buf, i) != magic
