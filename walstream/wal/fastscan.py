@@ -13,8 +13,9 @@ halves of the CRC, the block and data headers as ``DecodeXLogRecord``
 checks them), crosses plain page headers, reassembles records continued on
 plain continuation pages, and hands each record to a sink without building
 an object for it: a :class:`Counts` for the statistics, a
-:class:`ReplaySink` for replay (which keeps a native array of record ends,
-and a tuple only for the records replay decodes). At the first thing that
+:class:`ReplaySink` for replay (native arrays of record ends and of the
+commits and aborts it parses itself, a tuple only for the other records
+whose payload replay decodes). At the first thing that
 is not the plain case (a segment's first page, a page header with other
 flags, an XLOG_SWITCH or OVERWRITE_CONTRECORD, the end of the data fed, a
 check that fails) it returns, and the decoder's general path takes over
