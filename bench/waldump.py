@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """WAL decode + verify throughput: walstream against ``pg_waldump --stats`` on the same WAL.
 
-Run: ``.venv/bin/python bench/waldump.py --keep /tmp/walbench [--rounds 5]``
+Run: ``.venv/bin/python bench/waldump.py --keep /tmp/walbench [--rounds 5] [--replay-pure]``
 
 The WAL (about 1.1 GiB by default, 16 MB segments, PostgreSQL 15) is
 generated once and reused with ``--keep DIR``; its mix is:
@@ -24,19 +24,33 @@ Timed, in interleaved rounds (the order alternates, medians reported):
 * ``decode+verify``: walstream's decoder over the same range as
   ``walstream waldump --stats`` reads it (every record decoded and its CRC
   checked, every page header and xlogreader check), through
-  ``WalDecoder.scan_stats``, with no CLI around it;
+  ``WalDecoder.scan_stats``, with no CLI around it, once with the compiled
+  kernel and once on the pure-Python path (see ``walstream.wal.kernel``);
 * ``walstream waldump --stats``: the CLI end to end as a user runs it, in a
   fresh interpreter (start-up, imports, reading the files, the statistics
-  table), which is the apples-to-apples comparison with pg_waldump. By
-  default it scans long ranges in parallel parts (2 per CPU); the same with
-  ``WALSTREAM_WALDUMP_JOBS=1`` (one process, like pg_waldump) is timed too;
-* ``pure-Python floor``: a lower bound for any pure-Python verifier, not
-  a decoder: per record only the header unpack and the two ``crc32c``
-  calls of its CRC, walking the length chain inside pages, no other check
-  (see ``python_floor``). It shows how far interpreted Python can go with
-  the C CRC on this machine, whatever the decoder does;
+  table), which is the apples-to-apples comparison with pg_waldump, compiled
+  and pure (``WALSTREAM_PURE_PYTHON=1``). By default it scans long ranges in
+  parallel parts (2 per CPU); the same with ``WALSTREAM_WALDUMP_JOBS=1`` (one
+  process, like pg_waldump) is timed too;
+* ``replay``: the startup role's replay (``ReplayState``: decode, verify,
+  track transactions and checkpoints) in-process over the range, fed whole
+  segments as the startup service reads them, and ``walstream startup``
+  end to end over the whole directory (its JSON summary must name the same
+  end), compiled; pure too with ``--replay-pure`` (slow: about 30 s a round);
+* ``pure-Python floor`` (with ``--floor``): a lower bound for any
+  pure-Python verifier, not a decoder: per record only the header unpack and
+  the two ``crc32c`` calls of its CRC, walking the length chain inside pages,
+  no other check (see ``python_floor``);
 * with ``--before DIR``, the CLI of another checkout of walstream (e.g.
-  ``git archive <commit> walstream | tar -x -C DIR``), for before/after.
+  ``git archive <commit> walstream | tar -x -C DIR``), for before/after:
+  the pure path must be no slower than the checkout before the kernel.
+
+The walstream measured is the checkout this script lives in (its root goes
+first on ``sys.path`` and on the CLI's ``PYTHONPATH``), run from compiled
+bytecode as an installed package is; the compiled rows need its kernel built
+(``WALSTREAM_COMPILE=1 pip install -e .``, or ``WALSTREAM_COMPILE=1 python
+setup.py build_ext --inplace``): the script checks which path each row runs
+and stops if a compiled row would run pure.
 
 Both statistics outputs are checked to be identical (pg_waldump's table
 byte for byte) before anything is timed. Ratios are walstream's speed
@@ -48,6 +62,7 @@ is printed: on a shared machine compare ratios, not seconds.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -56,17 +71,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from walstream.embedded import find_bindir
-from walstream.lsn import LSN
-from walstream.wal.crc import HAVE_C_CRC32C, crc32c
-from walstream.wal.decoder import RecordStats, WalDecoder
-from walstream.wal.segment import segment_name
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # measure this checkout, whatever the venv has installed
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.pgcluster import PgCluster
+from tests.pgcluster import PgCluster, find_bindir  # noqa: E402
+from walstream.lsn import LSN  # noqa: E402
+from walstream.wal import kernel  # noqa: E402
+from walstream.wal.crc import HAVE_C_CRC32C, crc32c  # noqa: E402
+from walstream.wal.decoder import RecordStats, WalDecoder  # noqa: E402
+from walstream.wal.replay import ReplayState  # noqa: E402
+from walstream.wal.segment import segment_name  # noqa: E402
 
 SEG = 16 * 1024 * 1024
 VERSION = 15
@@ -101,6 +119,33 @@ def generate(dest: Path, scale: int, target: int) -> tuple[LSN, LSN, LSN]:
         return start, mid, end
     finally:
         cluster.destroy()
+
+
+@contextmanager
+def scan_path(name: str) -> Iterator[None]:
+    """Run in-process scans on the compiled kernel or the pure path (the choice made at import)."""
+    compiled = kernel.FASTSCAN
+    if name == "compiled" and compiled is None:
+        raise SystemExit(f"no compiled kernel: {kernel.reason()}")
+    kernel.FASTSCAN = compiled if name == "compiled" else None
+    try:
+        yield
+    finally:
+        kernel.FASTSCAN = compiled
+
+
+def replay(waldir: Path, start: LSN, end: LSN) -> tuple[LSN, float]:
+    """The startup role's replay over the segments from ``start``'s to ``end``, as it reads them."""
+    began = time.perf_counter()
+    pos = start - start % SEG
+    state = ReplayState(pos, SEG)
+    while pos < end and state.stopped is None:
+        with open(waldir / segment_name(1, pos // SEG, SEG), "rb") as f:
+            data = f.read(min(SEG, end - pos))
+        state.feed(pos, data)
+        pos += len(data)
+        state.advance(pos)
+    return state.replay_lsn, time.perf_counter() - began
 
 
 def decode_verify(waldir: Path, start: LSN, end: LSN) -> tuple[int, float]:
@@ -181,6 +226,37 @@ def total_count(stats_out: str) -> int:
     return int(next(ln for ln in stats_out.splitlines() if ln.startswith("Total")).split()[1])
 
 
+def _env(pycache: Path, path: str, **more: str) -> dict[str, str]:
+    """A CLI run of the walstream at ``path`` from compiled bytecode, as an installed one runs.
+
+    pip compiles a package's .pyc files at install time; a shell with
+    PYTHONDONTWRITEBYTECODE set would make every run compile its imports
+    first. The bytecode goes to a scratch PYTHONPYCACHEPREFIX.
+    """
+    skip = ("PYTHONDONTWRITEBYTECODE", "WALSTREAM_PURE_PYTHON", "WALSTREAM_WALDUMP_JOBS")
+    env = {k: v for k, v in os.environ.items() if k not in skip}
+    return {**env, "PYTHONPYCACHEPREFIX": str(pycache), "PYTHONPATH": path, **more}
+
+
+def _cli(cmd: list[str], env: dict[str, str] | None) -> Callable[[], float]:
+    return lambda: run_timed(cmd, env)[1]
+
+
+def _in_process(
+    path: str, f: Callable[[Path, LSN, LSN], tuple[object, float]], waldir: Path, a: LSN, b: LSN
+) -> Callable[[], float]:
+    def timed() -> float:
+        with scan_path(path):
+            return f(waldir, a, b)[1]
+
+    return timed
+
+
+def _implementation(env: dict[str, str]) -> str:
+    code = "from walstream.wal import kernel; print(kernel.implementation())"
+    return run_timed([sys.executable, "-P", "-c", code], env)[0].strip()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=int, default=30, help="pgbench -i scale (default 30)")
@@ -192,6 +268,10 @@ def main() -> None:
     parser.add_argument("--generate-only", action="store_true")
     parser.add_argument("--whole-only", action="store_true", help="skip the per-part figures")
     parser.add_argument("--before", type=Path, help="also time the CLI of the walstream in DIR")
+    parser.add_argument("--floor", action="store_true", help="also time the pure-Python floor")
+    parser.add_argument(
+        "--replay-pure", action="store_true", help="also time replay on the pure path (slow)"
+    )
     args = parser.parse_args()
     waldir = args.keep or Path(tempfile.mkdtemp(prefix="walbench-"))
     waldir.mkdir(parents=True, exist_ok=True)
@@ -209,9 +289,21 @@ def main() -> None:
     bindir = find_bindir(VERSION)
     assert bindir is not None, f"PostgreSQL {VERSION} not installed"
     pg_waldump = str(bindir / "pg_waldump")
-    script = Path(sys.executable).parent / "walstream"  # the console script a user runs
-    cli = [str(script)] if script.exists() else [sys.executable, "-m", "walstream.cli"]
-    serial = {**os.environ, "WALSTREAM_WALDUMP_JOBS": "1"}
+    pycache = Path(tempfile.mkdtemp(prefix="walbench-pycache-"))
+    cli = [sys.executable, "-P", "-m", "walstream.cli", "waldump", "--stats"]
+    compiled_env = _env(pycache, str(ROOT))
+    pure_env = _env(pycache, str(ROOT), WALSTREAM_PURE_PYTHON="1")
+    envs = {
+        "compiled": compiled_env,
+        "  ... one process": {**compiled_env, "WALSTREAM_WALDUMP_JOBS": "1"},
+        "pure": pure_env,
+        "  ... one process ": {**pure_env, "WALSTREAM_WALDUMP_JOBS": "1"},
+    }
+    got = (_implementation(compiled_env), _implementation(pure_env))
+    if got != ("compiled", "pure"):
+        raise SystemExit(f"the CLI runs {got}, not compiled and pure: {kernel.reason()}")
+    print(f"walstream from {ROOT}, kernel: {kernel.reason()}")
+    replay_span = 0
     parts = [("all", start, end)]
     if not args.whole_only:
         parts += [("pgbench -i", start, mid), ("pgbench tx", mid, end)]
@@ -220,28 +312,49 @@ def main() -> None:
             mb = (b - a) / 1e6
             rng = ["-p", str(waldir), "-s", str(a), "-e", str(b)]
             c_cmd = [pg_waldump, "--stats", *rng]
-            py_cmd = [*cli, "waldump", "--stats", *rng]
+            py_cmd = [*cli, *rng]
             c_out, _ = run_timed(c_cmd)
-            py_out, _ = run_timed(py_cmd)
-            if _table(py_out) != _table(c_out):
-                raise SystemExit(f"--stats outputs differ:\n{c_out}\n---\n{py_out}")
             n_rec = total_count(c_out)
-            n_dec, _ = decode_verify(waldir, a, b)
-            if n_dec != n_rec:
-                raise SystemExit(f"decode+verify counted {n_dec} records, pg_waldump {n_rec}")
+            for env in envs.values():
+                if _table(run_timed(py_cmd, env)[0]) != _table(c_out):
+                    raise SystemExit(f"--stats outputs differ:\n{c_out}\n---\n{py_cmd}")
+            for path in ("compiled", "pure"):
+                with scan_path(path):
+                    n_dec, _ = decode_verify(waldir, a, b)
+                if n_dec != n_rec:
+                    raise SystemExit(f"decode+verify counted {n_dec} records, pg_waldump {n_rec}")
+
             runs: dict[str, Callable[[], float]] = {
-                "pg_waldump --stats": lambda c=c_cmd: run_timed(c)[1],  # type: ignore[misc]
-                "decode+verify": lambda a=a, b=b: decode_verify(waldir, a, b)[1],  # type: ignore[misc]
-                "walstream waldump --stats": lambda c=py_cmd: run_timed(c)[1],  # type: ignore[misc]
-                "  ... one process": lambda c=py_cmd: run_timed(c, serial)[1],  # type: ignore[misc]
-                "pure-Python floor": lambda a=a, b=b: python_floor(waldir, a, b)[1],  # type: ignore[misc]
+                "pg_waldump --stats": _cli(c_cmd, None),
+                "decode+verify compiled": _in_process("compiled", decode_verify, waldir, a, b),
+                "decode+verify pure": _in_process("pure", decode_verify, waldir, a, b),
             }
+            for name, env in envs.items():
+                runs[f"waldump --stats {name}" if not name.startswith(" ") else name] = _cli(
+                    py_cmd, env
+                )
+            if label == "all":
+                # Replay over the same segments (from the start's), and the startup
+                # CLI over the whole directory, which must end where replay does.
+                replayed, _ = replay(waldir, a, b)
+                startup = [sys.executable, "-P", "-m", "walstream.startup", "-D", str(waldir)]
+                summary = json.loads(run_timed([*startup, "--json"], compiled_env)[0])
+                if LSN.parse(summary["replay_lsn"]) < replayed:
+                    raise SystemExit(f"startup ended at {summary['replay_lsn']}, not {replayed}")
+                first = min(p.name for p in waldir.iterdir() if len(p.name) == 24)
+                replay_span = LSN.parse(summary["replay_lsn"]) - int(first[16:], 16) * SEG
+                for path in ["compiled", "pure"] if args.replay_pure else ["compiled"]:
+                    runs[f"replay {path}"] = _in_process(path, replay, waldir, a, b)
+                    env = compiled_env if path == "compiled" else pure_env
+                    runs[f"walstream startup {path}"] = _cli([*startup, "--json"], env)
+            if args.floor:
+                runs["pure-Python floor"] = _in_process("pure", python_floor, waldir, a, b)
             if args.before is not None:
-                old = {**os.environ, "PYTHONPATH": str(args.before)}
-                old_cmd = [sys.executable, "-P", "-m", "walstream.cli", "waldump", "--stats", *rng]
-                if _table(run_timed(old_cmd, old)[0]) != _table(c_out):
+                old = _env(pycache, str(args.before))
+                if _table(run_timed(py_cmd, old)[0]) != _table(c_out):
                     raise SystemExit("--before: --stats outputs differ")
-                runs["before (--before)"] = lambda c=old_cmd, e=old: run_timed(c, e)[1]  # type: ignore[misc]
+                runs["before (--before)"] = _cli(py_cmd, old)
+                runs["  ... one process  "] = _cli(py_cmd, {**old, "WALSTREAM_WALDUMP_JOBS": "1"})
             times: dict[str, list[float]] = {name: [] for name in runs}
             load = os.getloadavg()[0]
             for rnd in range(args.rounds):
@@ -257,12 +370,22 @@ def main() -> None:
             )
             for name, t in med.items():
                 runs_text = " ".join(f"{x:.2f}" for x in times[name])
+                if name.startswith(("replay", "walstream startup")):
+                    # Their own ranges: from the first segment's start (the startup
+                    # CLI: of the directory, to the end of its WAL).
+                    span = (b - (a - a % SEG)) if name.startswith("replay") else replay_span
+                    print(
+                        f"  {name:30} median {t:6.2f} s  {span / 1e6 / t:6.0f} MB/s"
+                        f"{'':36}[{runs_text}]"
+                    )
+                    continue
                 print(
-                    f"  {name:26} median {t:6.2f} s  {mb / t:6.0f} MB/s  "
+                    f"  {name:30} median {t:6.2f} s  {mb / t:6.0f} MB/s  "
                     f"{t / n_rec * 1e9:5.0f} ns/record  {base / t:5.2f}x  [{runs_text}]"
                 )
             sys.stdout.flush()
     finally:
+        shutil.rmtree(pycache, ignore_errors=True)
         if not args.keep:
             shutil.rmtree(waldir)
 

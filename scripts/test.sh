@@ -22,10 +22,25 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -c 'import sys; assert sys.version_info >= (3, 11), "walstream needs Python 3.11+"'
   "$PYTHON" -m venv .venv
 fi
-echo "== installing walstream with its test, dev and optional extras"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+# The compiled WAL-scan kernel (walstream/wal/fastscan.py, built by setup.py with mypyc)
+# needs a C compiler and the interpreter's headers.
+if ! command -v cc >/dev/null || ! .venv/bin/python -c 'import os, sysconfig; assert os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))' 2>/dev/null; then
+  if [ "$(id -u)" -eq 0 ]; then
+    echo "== installing a C compiler and Python headers (for the compiled kernel)"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends gcc libc6-dev python3-dev >/dev/null
+  else
+    echo "a C compiler and Python headers are missing: sudo apt-get install gcc python3-dev" >&2
+    exit 1
+  fi
+fi
+echo "== installing walstream with its test, dev and optional extras, kernel compiled"
+WALSTREAM_COMPILE=1 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
 
 export WALSTREAM_REQUIRE_ALL_PG=1
+# The decoder tests run on both the compiled and the pure path: neither may be skipped.
+export WALSTREAM_REQUIRE_KERNEL=1
 echo "== ruff"
 .venv/bin/ruff check walstream tests
 echo "== mypy --strict"

@@ -22,6 +22,8 @@ from hypothesis import strategies as st
 
 from walstream.errors import Error, WalCorruption
 from walstream.lsn import LSN
+from walstream.wal import decoder as decoder_module
+from walstream.wal import kernel
 from walstream.wal.crc import crc32c
 from walstream.wal.decoder import (
     NEED_DATA,
@@ -34,6 +36,7 @@ from walstream.wal.decoder import (
     _body_fpi,
     _parse_body,
 )
+from walstream.wal.replay import ReplayState
 from walstream.wal.rmgr import (
     CheckPoint,
     EndOfRecovery,
@@ -56,6 +59,25 @@ from .waldump_oracle import (
 )
 
 VERSIONS = [15, 16, 18]
+# scripts/test.sh builds the compiled kernel and sets this: its tests must run, not skip.
+REQUIRE_KERNEL = os.environ.get("WALSTREAM_REQUIRE_KERNEL") == "1"
+
+
+@pytest.fixture(params=["compiled", "pure"])
+def scan_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with each implementation of the scans (see walstream.wal.kernel)."""
+    if request.param == "pure":
+        monkeypatch.setattr(kernel, "FASTSCAN", None)
+    elif kernel.FASTSCAN is None:
+        message = f"no compiled kernel: {kernel.reason()}"
+        if REQUIRE_KERNEL:
+            pytest.fail(message)
+        pytest.skip(message)
+    else:
+        # The kernel pauses every 20 kB instead of every MiB: pauses happen
+        # within these 1 MB segments too.
+        monkeypatch.setattr(decoder_module, "_KERNEL_RUN", 20_000)
+    return str(request.param)
 
 
 def seg_name(tli: int, lsn: int) -> str:
@@ -367,7 +389,7 @@ def test_start_at_a_record_or_a_page(sample: Sample) -> None:
 
 
 @pytest.mark.parametrize("mode", ["--stats", "--stats=record"])
-def test_stats_tables_are_identical(sample: Sample, mode: str) -> None:
+def test_stats_tables_are_identical(sample: Sample, mode: str, scan_path: str) -> None:
     waldir = str(sample.wal.waldir)
     for args in (
         ("-p", waldir, "-s", str(sample.t1_start)),
@@ -708,7 +730,7 @@ def _scan_both(
 
 
 def test_scan_stats_counts_what_records_yields(
-    sample: Sample, monkeypatch: pytest.MonkeyPatch
+    sample: Sample, monkeypatch: pytest.MonkeyPatch, scan_path: str
 ) -> None:
     """Whole timelines, segment by segment: same counts, same end, same reason."""
     general_steps = 0
@@ -747,14 +769,14 @@ def test_scan_stats_counts_what_records_yields(
     max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(cuts=st.lists(st.integers(min_value=1, max_value=2 * SEG_SIZE - 1), max_size=40))
-def test_scan_stats_any_chunking(sample: Sample, cuts: list[int]) -> None:
+def test_scan_stats_any_chunking(sample: Sample, scan_path: str, cuts: list[int]) -> None:
     """Equal after every feed, whatever the pieces: record by record at the cut points."""
     start, data = _window(sample)
     records, got = _scan_both(start, data, sorted({0, len(data), *cuts}))
     assert got.total == len(records)
 
 
-def test_scan_stats_small_feeds(sample: Sample) -> None:
+def test_scan_stats_small_feeds(sample: Sample, scan_path: str) -> None:
     """Feeds of a few bytes to a few pages: every page and record boundary case."""
     start, data = _window(sample)
     for step in (8192, 3001, 777):
@@ -766,7 +788,11 @@ def test_scan_stats_small_feeds(sample: Sample) -> None:
 )
 @given(mutation=mutations, near_header=st.booleans(), chunk=st.sampled_from([None, 8192, 3001]))
 def test_scan_stats_finds_corruption_where_records_does(
-    sample: Sample, mutation: tuple[str, int, int], near_header: bool, chunk: int | None
+    sample: Sample,
+    scan_path: str,
+    mutation: tuple[str, int, int],
+    near_header: bool,
+    chunk: int | None,
 ) -> None:
     """Damaged WAL: the same records counted, the same outcome at the same LSN."""
     kind, pos, value = mutation
@@ -800,14 +826,23 @@ def test_body_checks_match_parse_body(
                 return
             raw[at] = value
             body = bytes(raw)
+        main_len = -1
         try:
-            _, _, _, _, _, fpi = _parse_body(body, 0, len(body), v15, True)
+            _, _, _, _, main_len, fpi = _parse_body(body, 0, len(body), v15, True)
         except _Bad:
             fpi = -1
         assert _body_fpi(body, 0, len(body), v15, True) == fpi
+        if kernel.FASTSCAN is not None:
+            # The compiled kernel's checks, its two shortcut shapes included.
+            scanner = kernel.FASTSCAN.Scanner(SEG_SIZE)
+            scanner.v15 = v15
+            scanner.top_ok = True
+            assert scanner._shape(body, 0, len(body)) == fpi
+            if fpi >= 0:
+                assert scanner.main_len == main_len
 
 
-def test_scan_stats_shape_checks_with_valid_crc(sample: Sample) -> None:
+def test_scan_stats_shape_checks_with_valid_crc(sample: Sample, scan_path: str) -> None:
     """Block headers made inconsistent but with a correct CRC: only the shape checks see it."""
     start, whole = _window(sample)
     records, _ = _decode_bytes(start, whole)
@@ -838,6 +873,160 @@ def test_scan_stats_shape_checks_with_valid_crc(sample: Sample) -> None:
 
 
 # ---------------------------------------------------------------------------
+# Replay: the compiled kernel's path against the pure path
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def compiled_kernel() -> None:
+    if kernel.FASTSCAN is None:
+        message = f"no compiled kernel: {kernel.reason()}"
+        if REQUIRE_KERNEL:
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def _replay_view(state: ReplayState) -> tuple[object, ...]:
+    stopped = state.stopped
+    return (
+        state.replay_lsn,
+        None if stopped is None else (type(stopped), stopped.lsn, stopped.reason),
+        state.last_xact_time,
+        list(state.xacts.items()),
+        state.last_checkpoint,
+        state.last_checkpoint_redo,
+        state.timeline,
+        state.decoder.position,
+        state.decoder.last_lsn,
+    )
+
+
+def _replay_both(
+    monkeypatch: pytest.MonkeyPatch, start: int, feeds: list[tuple[int, bytes, int]]
+) -> ReplayState:
+    """Feed (lsn, data, durable) to a compiled and a pure ReplayState; equal after every step."""
+    compiled = ReplayState(start, SEG_SIZE)
+    assert compiled._sink is not None
+    with monkeypatch.context() as m:
+        m.setattr(kernel, "FASTSCAN", None)
+        pure = ReplayState(start, SEG_SIZE)
+    assert pure._sink is None
+    for lsn, data, durable in feeds:
+        views = []
+        for state in (compiled, pure):
+            try:
+                state.feed(lsn, data)
+                state.advance(durable)
+            except WalCorruption as e:  # a payload the replay refuses: both must
+                views.append(("refused", e.lsn, e.reason))
+                continue
+            views.append(_replay_view(state))
+        assert views[0] == views[1]
+        if views[0][0] == "refused":
+            break
+    return compiled
+
+
+def test_replay_paths_agree_on_whole_timelines(
+    sample: Sample, monkeypatch: pytest.MonkeyPatch, compiled_kernel: None
+) -> None:
+    """Segment by segment, each piece made durable one feed later (as the receiver offers WAL)."""
+    for tli, dump, start in ((1, sample.t1, sample.t1_start), (2, sample.t2, sample.t2_start)):
+        feeds = []
+        pos = start - start % SEG_SIZE
+        while (sample.wal.waldir / seg_name(tli, pos)).exists():
+            data = (sample.wal.waldir / seg_name(tli, pos)).read_bytes()
+            for i in range(0, SEG_SIZE, 300_000):  # not at page or record boundaries
+                feeds.append((pos + i, data[i : i + 300_000], pos + i))
+            pos += SEG_SIZE
+        feeds.append((pos, b"", pos))
+        state = _replay_both(monkeypatch, start, feeds)
+        last = dump.records[-1]
+        assert state.replay_lsn == last.lsn + ((last.tot_len + 7) & ~7)
+        assert isinstance(state.stopped, EndOfWal)
+    # The kernel leaves only a few records to the general path (so the
+    # comparison is really of the kernel).
+    general_steps = 0
+    step = WalDecoder._step
+
+    def counting_step(self: WalDecoder) -> Record | None:
+        nonlocal general_steps
+        general_steps += 1
+        return step(self)
+
+    monkeypatch.setattr(WalDecoder, "_step", counting_step)
+    state = ReplayState(sample.t1_start, SEG_SIZE)
+    pos = sample.t1_start
+    while (sample.wal.waldir / seg_name(1, pos)).exists():
+        state.feed(pos, (sample.wal.waldir / seg_name(1, pos)).read_bytes())
+        pos += SEG_SIZE
+        state.advance(pos)
+    assert general_steps < 0.05 * len(sample.t1.records)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    cuts=st.lists(st.integers(min_value=1, max_value=2 * SEG_SIZE - 1), max_size=30),
+    lags=st.lists(st.integers(min_value=0, max_value=40_000), min_size=1, max_size=5),
+    mutation=st.none() | mutations,
+    run=st.sampled_from([1 << 20, 8192, 30_000]),
+)
+def test_replay_paths_agree_whatever_the_feeds_and_damage(
+    sample: Sample,
+    monkeypatch: pytest.MonkeyPatch,
+    compiled_kernel: None,
+    cuts: list[int],
+    lags: list[int],
+    mutation: tuple[str, int, int] | None,
+    run: int,
+) -> None:
+    """Any pieces, durable positions lagging into the middle of records, damaged or not."""
+    monkeypatch.setattr(decoder_module, "_KERNEL_RUN", run)  # (how often the kernel pauses)
+    start, data = _window(sample)
+    if mutation is not None:
+        data = _mutate(data, *mutation)
+    bounds = sorted({0, len(data), *cuts})
+    feeds = [
+        (start + a, data[a:b], start + max(0, b - lags[k % len(lags)]))
+        for k, (a, b) in enumerate(itertools.pairwise(bounds))
+    ]
+    feeds.append((start + len(data), b"", start + len(data)))
+    _replay_both(monkeypatch, start, feeds)
+
+
+def test_replay_paths_agree_on_damaged_transaction_ends(
+    sample: Sample, monkeypatch: pytest.MonkeyPatch, compiled_kernel: None
+) -> None:
+    """Commits and aborts changed but with a valid CRC: parsed by the kernel or refused alike."""
+    records, _ = decode_files(sample.wal.waldir, 1, sample.t1_start)
+    ends = [
+        r
+        for r in records
+        if r.rmid == 1
+        and r.info & 0x70 in (0x00, 0x20, 0x30, 0x40)
+        and r.lsn % 8192 + r.tot_len <= 8192
+        and r.lsn % SEG_SIZE > 8192
+    ]
+    chosen = ends[:2] + [r for r in ends if r.info & 0x80 and r.main_len > 16][:4]
+    assert len(chosen) >= 4
+    for rec in chosen:
+        start = rec.lsn - rec.lsn % SEG_SIZE
+        off = rec.lsn - start
+        main_at = rec.tot_len - rec.main_len
+        data = (sample.wal.waldir / seg_name(1, start)).read_bytes()[: off + 8192 - off % 8192]
+        for at in range(main_at + 8, min(rec.tot_len, main_at + 24)):
+            for value in (0x00, 0x01, 0x7F, 0x80, 0xFF):
+                bad = bytearray(data)
+                bad[off + at] = value
+                body = bytes(bad[off : off + rec.tot_len])
+                fixed = crc32c(body[:20], crc32c(body[24:]))
+                bad[off + 20 : off + 24] = fixed.to_bytes(4, "little")
+                _replay_both(monkeypatch, start, [(start, bytes(bad), start + len(bad))])
+
+
+# ---------------------------------------------------------------------------
 # waldump --stats in parallel parts against the serial scan
 # ---------------------------------------------------------------------------
 
@@ -864,7 +1053,7 @@ def _stats_both(monkeypatch: pytest.MonkeyPatch, *args: str) -> list[bool]:
 
 @pytest.mark.parametrize("mode", ["--stats", "--stats=record"])
 def test_parallel_stats_are_the_serial_stats(
-    sample: Sample, mode: str, monkeypatch: pytest.MonkeyPatch
+    sample: Sample, mode: str, monkeypatch: pytest.MonkeyPatch, scan_path: str
 ) -> None:
     waldir = str(sample.wal.waldir)
     joins = _stats_both(monkeypatch, mode, "-p", waldir, "-s", str(sample.t1_start))
@@ -884,7 +1073,7 @@ def _damaged_copy(sample: Sample, directory: Path, segments: int, at: int, value
 
 
 def test_parallel_stats_with_damage_at_part_boundaries(
-    sample: Sample, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    sample: Sample, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scan_path: str
 ) -> None:
     """Damage where the parts meet: the join must refuse it and read on serially."""
     segments = 8
@@ -915,6 +1104,7 @@ def test_parallel_stats_with_damage_at_part_boundaries(
 )
 def test_parallel_stats_with_damage_anywhere(
     sample: Sample,
+    scan_path: str,
     tmp_path_factory: pytest.TempPathFactory,
     monkeypatch: pytest.MonkeyPatch,
     at: int,

@@ -37,7 +37,12 @@ Speed matters (a standby must keep up with its primary), so the common case,
 a record lying within one page of data already fed, is decoded in place from
 the fed ``bytes`` (``struct.unpack_from`` on offsets, no copy, two CRC calls
 on memoryview slices); only records crossing pages are reassembled. Records
-are tuples built without running any Python ``__init__``.
+are tuples built without running any Python ``__init__``. Whole-WAL scans
+that need no Record per record (:meth:`WalDecoder.scan_stats` and
+:meth:`WalDecoder.scan_replay`) run their common case in the compiled kernel
+when it is built (:mod:`walstream.wal.fastscan`, selected by
+:mod:`walstream.wal.kernel`), which hands everything else back to the same
+general path.
 """
 
 from __future__ import annotations
@@ -45,10 +50,12 @@ from __future__ import annotations
 import enum
 import struct
 from collections.abc import Iterator
-from typing import Final, Literal, NamedTuple
+from types import ModuleType
+from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
 from walstream.errors import LocalProtocolError, WalCorruption
 from walstream.lsn import LSN
+from walstream.wal import kernel
 from walstream.wal.crc import crc32c
 from walstream.wal.rmgr import (
     MAGIC_VERSIONS,
@@ -59,6 +66,9 @@ from walstream.wal.rmgr import (
     rmgr_name,
 )
 from walstream.wal.segment import segment_name
+
+if TYPE_CHECKING:
+    from walstream.wal.fastscan import Counts, ReplaySink, Scanner
 
 __all__ = [
     "NEED_DATA",
@@ -162,6 +172,12 @@ _SPECIAL_14: Final = _special_keys(False)
 
 
 _COUNT_ONE: Final = 1 << 48  # RecordStats.acc: the count above bit 48, tot_len sums below
+# The compiled kernel keeps offsets and record ends in 64-bit integers: it runs
+# on buffers below this LSN (4 EiB of WAL), the pure path beyond.
+_KERNEL_LIMIT: Final = 1 << 62
+# Compiled code holds the GIL: the kernel pauses after about this much WAL
+# (about a millisecond) so that other threads are not held up for a segment.
+_KERNEL_RUN: Final = 1 << 20
 
 
 class RecordStats:
@@ -773,6 +789,8 @@ class WalDecoder:
         self._asm: _Assembly | None = None
         self._overwritten: int | None = None  # start of an abandoned record
         self._outcome: EndOfWal | InvalidRecord | None = None
+        self._scanner: Scanner | None = None  # the compiled kernel's state, made on first use
+        self._counts: Counts | None = None
 
     # -- state --------------------------------------------------------------
 
@@ -1036,6 +1054,9 @@ class WalDecoder:
         """
         if stop is not None and stop % self.seg_size:
             raise ValueError(f"stop {LSN(stop)} is not a segment boundary")
+        if kernel.FASTSCAN is not None:
+            self._scan_stats_compiled(kernel.FASTSCAN, stats, stop)
+            return
         acc, fpis = stats.acc, stats.fpi
         head = _STATS_HEAD.unpack_from
         head46 = _STATS_HEAD46.unpack_from
@@ -1182,6 +1203,100 @@ class WalDecoder:
             if general is None:
                 break
             stats.add(general)
+
+    def _scan_stats_compiled(
+        self, fastscan: ModuleType, stats: RecordStats, stop: int | None
+    ) -> None:
+        """scan_stats with the compiled kernel's loop in place of the pure fast path."""
+        counts = self._counts
+        if counts is None:
+            counts = self._counts = fastscan.Counts()
+        try:
+            while self._outcome is None:
+                if stop is not None and self._next >= stop and self._asm is None:
+                    break
+                self._run_kernel(counts, None)
+                # (The kernel never passes a segment start: nor the stop.)
+                if stop is not None and self._next >= stop and self._asm is None:
+                    break
+                try:
+                    general = self._step()
+                except _Stop as e:
+                    self._outcome = e.outcome
+                    break
+                if general is None:
+                    break
+                stats.add(general)
+        finally:
+            counts.flush(stats.acc, stats.fpi, _COUNT_ONE)
+
+    def scan_replay(self, sink: ReplaySink) -> None:
+        """Decode and verify as :meth:`records` does, handing every record to ``sink``.
+
+        For the startup role's replay with the compiled kernel (see
+        :class:`walstream.wal.replay.ReplayState`): the kernel passes the
+        common records to the sink without building them, and the general
+        path decodes the rest, one at a time, as :meth:`scan_stats` does.
+        Afterwards :attr:`outcome`, :attr:`position` and :attr:`last_lsn`
+        are what iterating :meth:`records` would have left.
+        """
+        if kernel.FASTSCAN is None:
+            raise LocalProtocolError("scan_replay needs the compiled kernel")
+        wanted = sink.wanted
+        while self._outcome is None:
+            self._run_kernel(None, sink)
+            try:
+                rec = self._step()
+            except _Stop as e:
+                self._outcome = e.outcome
+                break
+            if rec is None:
+                break
+            key = rec[4] << 8 | rec[5]
+            sink.add(rec[1], key, rec[3], rec.main_data if wanted[key] else b"", rec[0])
+
+    def _run_kernel(self, counts: Counts | None, sink: ReplaySink | None) -> None:
+        """Let the compiled kernel verify and count (or queue) records from the current position.
+
+        It stops before anything but the plain case, leaving the decoder's
+        state as the pure fast path would: the general path goes on from
+        there. Not run where the pure fast paths do not run either (no
+        xl_prev to check, a record being reassembled, a start that skips a
+        continuation) nor at LSNs beyond 2**62.
+        """
+        buf = self._buf
+        base = self._buf_lsn
+        prev = self._prev
+        if (
+            self._asm is not None
+            or prev is None
+            or self._skip_contrecord
+            or base & 7
+            or base + len(buf) >= _KERNEL_LIMIT
+            or prev >= _KERNEL_LIMIT
+        ):
+            return
+        scanner = self._scanner
+        if scanner is None:
+            assert kernel.FASTSCAN is not None
+            scanner = self._scanner = kernel.FASTSCAN.Scanner(self.seg_size)
+        magic = -1 if self._magic is None else self._magic
+        special = _SPECIAL_15 if self._v15 else _SPECIAL_14
+        while True:
+            pos = self._next - base
+            pos, prev, page_ok, latest = scanner.run(
+                buf, base, pos, prev - base, self._page_ok - base, self._latest_page - base,
+                self._latest_tli, magic, self._v15, self._toplevel_ok, self._max_len,
+                self._version, special, counts, sink, pos + _KERNEL_RUN,
+            )  # fmt: skip
+            self._next = base + pos
+            self._prev = prev = base + prev
+            self._page_ok = base + page_ok
+            self._latest_page = base + latest
+            if not scanner.paused:
+                return
+            # Paused at a page start: back in the interpreter, where another
+            # thread (the receiver's event loop, beside its replay) may run.
 
     def _stop_end(self, lsn: int, reason: str) -> _Stop:
         return _Stop(EndOfWal(lsn, reason))

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from datetime import datetime
-from typing import Final, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from walstream.errors import RecoveryTargetUnreachable, WalCorruption
 from walstream.lsn import LSN
-from walstream.pgtypes import pg_usecs
+from walstream.pgtypes import datetime_from_pg, pg_usecs
+from walstream.wal import kernel
 from walstream.wal.decoder import XLOG_BLCKSZ, WalDecoder
 from walstream.wal.recovery import (
     RecoveryTarget,
@@ -31,10 +32,46 @@ from walstream.wal.rmgr import (
     decode_payload,
 )
 
+if TYPE_CHECKING:
+    from walstream.wal.fastscan import ReplaySink
+
 __all__ = ["RecoveryTarget", "ReplayState", "TargetReached"]
 
 _RECENT_XACTS: Final = 10_000
 XLOG_BACKUP_END: Final = 0x50
+_wanted: bytes | None = None
+
+
+def _wanted_keys() -> bytes:
+    """Per ``info | rmid << 8``, what the compiled kernel hands on (see fastscan.ReplaySink).
+
+    The records whose payload replay decodes are those for which
+    :func:`decode_payload` returns something or refuses the main data (found
+    by asking it, so the table cannot drift from it; only XLOG and
+    Transaction records, as :meth:`ReplayState._apply`). Of those, commits
+    and aborts (xl_info & 0x70: COMMIT, ABORT, COMMIT_PREPARED,
+    ABORT_PREPARED) are parsed by the kernel itself when well formed.
+    """
+    global _wanted
+    if _wanted is None:
+        from walstream.wal.fastscan import WANT_END, WANT_PAYLOAD, WANT_XACT_END
+
+        table = bytearray(65536)
+        for rmid in (0, 1):
+            for info in range(256):
+                try:
+                    wanted = decode_payload(rmid, info, 0, b"", 0) is not None
+                except WalCorruption:
+                    wanted = True
+                if not wanted:
+                    want = WANT_END
+                elif rmid == 1 and info & 0x70 in (0x00, 0x20, 0x30, 0x40):
+                    want = WANT_XACT_END
+                else:
+                    want = WANT_PAYLOAD
+                table[rmid << 8 | info] = want
+        _wanted = bytes(table)
+    return _wanted
 
 
 class ReplayState:
@@ -58,6 +95,14 @@ class ReplayState:
     as consistent from the start (a standby restart, or WAL replayed for
     tracking only). Without a target none of this costs anything per
     record: the receiver's replay runs the same loop as before.
+
+    Without a target, and with the compiled kernel (see
+    :mod:`walstream.wal.kernel`), decoding and the queue of records waiting
+    to be durable run in the kernel (:meth:`WalDecoder.scan_replay
+    <walstream.wal.decoder.WalDecoder.scan_replay>`), which builds no object
+    for a record whose payload replay does not need and replays commits and
+    aborts itself: the same positions, the same state, about 15 times as
+    fast as the pure path (see bench/README.md).
     """
 
     def __init__(
@@ -82,6 +127,13 @@ class ReplayState:
         self.backup_start = None if backup_start is None else LSN(backup_start)
         self.consistent = backup_start is None  # tracked only with a target
         self._decoded: deque[tuple[LSN, int, int, int, bytes, int]] = deque()
+        # With the compiled kernel (and no target: a target checks record by
+        # record), records wait in a sink that costs no object per record.
+        self._sink: ReplaySink | None = (
+            kernel.FASTSCAN.ReplaySink(_wanted_keys(), self.xacts, _RECENT_XACTS)
+            if kernel.FASTSCAN is not None and self.target is None
+            else None
+        )
         self._target_value: int | bytes | None = None
         if self.target is not None:
             value = self.target.value
@@ -107,6 +159,8 @@ class ReplayState:
         """Replay every decoded record that ends at or before ``durable``; return replay_lsn."""
         if self.target is not None:
             return self._advance_to_target(durable)
+        if self._sink is not None:
+            return self._advance_compiled(durable)
         if self.stopped is None:
             for rec in self.decoder.records():
                 # Only XLOG (0) and Transaction (1) payloads change the tracked state.
@@ -119,6 +173,27 @@ class ReplayState:
             self._apply(rmid, info, xid, main_data, lsn, version)
             self.replay_lsn = end
         return self.replay_lsn
+
+    def _advance_compiled(self, durable: int) -> LSN:
+        """advance() with the compiled kernel: the same replay, records queued in the sink."""
+        sink = self._sink
+        assert sink is not None
+        if self.stopped is None:
+            self.decoder.scan_replay(sink)
+            self.stopped = self.decoder.outcome  # the caller says what it means
+        version = self.decoder.version
+        while True:
+            entry = sink.pop_due(durable)
+            if sink.xact_time_new:  # the sink replayed transaction ends itself
+                sink.xact_time_new = False
+                self.last_xact_time = datetime_from_pg(sink.xact_time)
+            if sink.replayed > self.replay_lsn:
+                self.replay_lsn = LSN(sink.replayed)
+            if entry is None:
+                return self.replay_lsn
+            end, rmid, info, xid, main, lsn = entry
+            self._apply(rmid, info, xid, main, lsn, version)
+            self.replay_lsn = LSN(end)
 
     def _apply(self, rmid: int, info: int, xid: int, main: bytes, lsn: int, version: int) -> None:
         if rmid > 1:
