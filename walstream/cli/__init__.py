@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "startup": (_command("walstream.cli.startup"), "decode, verify and track replay of WAL"),
     "waldump": (_command("walstream.cli.waldump"), "decode WAL like pg_waldump (--json, --stats)"),
     "send": (_command("walstream.cli.send"), "serve WAL from a directory to standbys"),
+    "passwd": (_command("walstream.cli.passwd"), "a --passwords line for walstream send"),
 }
 
 
@@ -44,7 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\nRun 'walstream COMMAND --help' for a command's options.")
         return 0
     if argv[0] in ("-V", "--version"):
-        print(f"walstream {__version__}")
+        from walstream.wal import kernel
+
+        print(f"walstream {__version__} (WAL scan: {kernel.implementation()}: {kernel.reason()})")
         return 0
     entry = COMMANDS.get(argv[0])
     if entry is None:

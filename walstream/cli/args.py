@@ -43,11 +43,20 @@ class PgArgumentParser(argparse.ArgumentParser):
         self.exit(1, usage_error(self.prog, message))
 
 
-def version_line(prog: str) -> str:
-    """``--version``'s line, as PostgreSQL's programs print it: ``prog (walstream) 0.1``."""
+def version_line(prog: str, *, scan: bool = False) -> str:
+    """``--version``'s line, as PostgreSQL's programs print it: ``prog (walstream) 0.1``.
+
+    ``scan`` adds which WAL scan runs (the compiled kernel or pure Python),
+    for the commands that decode WAL.
+    """
     from walstream import __version__
 
-    return f"{prog} (walstream) {__version__}"
+    line = f"{prog} (walstream) {__version__}"
+    if scan:
+        from walstream.wal import kernel
+
+        line += f", WAL scan: {kernel.implementation()}"
+    return line
 
 
 def run_loop(main: Coroutine[Any, Any, T]) -> T:
@@ -65,18 +74,18 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
         return runner.run(main)
 
 
-def ask_password() -> str:
-    """libpq's simple_prompt: ``Password: `` on the terminal, without echo."""
+def ask_password(prompt: str = "Password: ") -> str:
+    """libpq's simple_prompt: ``prompt`` on the terminal, the answer without echo."""
     try:
         os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
     except OSError:
         # No terminal (a pipe, a service): like libpq's simple_prompt, read a
         # line from stdin, without getpass's warnings about echoing.
-        sys.stderr.write("Password: ")
+        sys.stderr.write(prompt)
         sys.stderr.flush()
         return sys.stdin.readline().rstrip("\n")  # "" at end of input: libpq's empty answer
     try:
-        return getpass.getpass("Password: ")
+        return getpass.getpass(prompt)
     except EOFError:  # nothing typed before end of input
         return ""
 

@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``walstream waldump`` with ``argv``; return the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-V", "--version"):
-        print(version_line(PROGNAME))
+        print(version_line(PROGNAME, scan=True))
         return 0
     if not argv:
         sys.stderr.write(usage_error(PROGNAME, "no arguments specified"))
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(RMGR_NAMES))
             return 0
         if args.version:
-            print(version_line(PROGNAME))
+            print(version_line(PROGNAME, scan=True))
             return 0
         cfg = _configure(args)
         out = sys.stdout
