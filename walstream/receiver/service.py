@@ -89,6 +89,12 @@ class ReceiverOptions:
     compression: Compression = field(default_factory=lambda: Compression.parse("none"))
     retry_interval: float = 5.0
     on_segment_complete: Callable[[Path], None] | None = None
+    # Called with (path, timeline, segno) once a completed segment is renamed
+    # (and durable, unless sync is off), by whoever wrote it (the disk
+    # thread; the event loop for a small --synchronous batch) before anything
+    # more is written: work that must stay in order with the writes (the
+    # relay's retention). The stream waits while it runs; it must not raise.
+    after_segment_complete: Callable[[Path, int, int], None] | None = None
 
     def __post_init__(self) -> None:
         if self.synchronous and not self.sync:
@@ -728,11 +734,13 @@ class WalReceiver:
             self._directory = None
 
     def _segment_completed(self, path: Path, timeline: int, segno: int) -> None:
-        # Called in the disk thread once the rename is durable.
+        # Called by the writer (see after_segment_complete) once the rename is durable.
         self._segments_completed += 1
         if self._directory is not None:  # pg_receivewal -v's line
             end = LSN((segno + 1) * self._directory.seg_size)
             log.info("finished segment at %s (timeline %d)", end, timeline)
+        if self.options.after_segment_complete is not None:
+            self.options.after_segment_complete(path, timeline, segno)
         hook = self.options.on_segment_complete
         if hook is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(hook, path)
