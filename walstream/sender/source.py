@@ -290,11 +290,13 @@ class DirectorySource:
         if size <= 0 or pos >= limit:
             return b""
         segno = pos // seg
-        for attempt in range(3):
+        scanned = False
+        for _ in range(3):
             found = self._choose(segno, pos, stat=True)
             if found is None:
-                if attempt == 0 and (self._oldest is None or segno >= self._oldest):
+                if not scanned and (self._oldest is None or segno >= self._oldest):
                     self._scan()  # removed meanwhile, or a hole: the listing says which
+                    scanned = True
                     continue
                 name = segment_name(timeline, segno, seg)
                 if self._oldest is None or segno < self._oldest:
@@ -551,7 +553,14 @@ class DirectorySource:
             return True
         try:
             changed = self._probe(tail)
-        except FileNotFoundError:
+            dec = self._decoder
+            if (
+                changed
+                or dec is None
+                or (dec.outcome is None and self._feed_from < self._avail(tail))
+            ):
+                self._decode(tail)
+        except FileNotFoundError:  # renamed (completed) since, or removed
             completed = self._completed(tail)
             if completed is None:
                 # Gone without a completed file: the listing will tell.
@@ -562,9 +571,6 @@ class DirectorySource:
             tail.file = completed
             self._finish(tail)
             return True
-        dec = self._decoder
-        if changed or dec is None or (dec.outcome is None and self._feed_from < self._avail(tail)):
-            self._decode(tail)
         if self._end >= tail.limit:  # an XLOG_SWITCH, or the switch point of this timeline
             self._close_tail(tail)
             self._tail = None

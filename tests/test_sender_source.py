@@ -1,0 +1,457 @@
+"""The sender's DirectorySource over directories real receivers wrote from real servers.
+
+Oracles: the servers' own pg_wal files (every byte served), the history file
+the promoted server wrote, and pg_waldump (where the last whole record of a
+.partial ends, where damage stops it). The directories are written by
+walstream's receiver and by pg_receivewal (plain, gzip, and lz4 where the
+build has it: Debian's 15), streaming from a standby that is promoted, so
+they hold timeline 1 up to its switch point (its last segment a .partial),
+timeline 2's history file and timeline 2's segments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from walstream.lsn import LSN
+from walstream.sender.source import DirectorySource, SegmentRemoved, SourceError
+from walstream.storage.compression import read_wal_file
+from walstream.wal.segment import parse_history, parse_segment_name, segment_name
+
+from .conftest import require_version
+from .pgcluster import PgCluster, wait_until
+from .waldump_oracle import run_waldump
+
+SEG = 1024 * 1024
+PIECE = 128 * 1024  # what a walsender reads at a time
+
+
+@dataclass
+class Promoted:
+    """Directories written by receivers across a promotion, and the two servers' WAL."""
+
+    version: int
+    old_primary: PgCluster  # timeline 1 (stopped)
+    promoted: PgCluster  # timeline 2
+    dirs: dict[str, Path]
+    target: LSN  # every receiver had written at least this much of timeline 2
+
+
+def _receivers(version: int, standby: PgCluster, base: Path) -> dict[str, list[str]]:
+    conninfo = standby.conninfo("scram_user", "scrampass")
+    common = ["-d", conninfo, "-s", "1"]
+    pg_receivewal = str(standby.program("pg_receivewal"))
+    commands = {
+        "walstream": [sys.executable, "-m", "walstream.receiver", *common],
+        "pg_receivewal": [pg_receivewal, *common],
+        "pg_receivewal-gzip": [pg_receivewal, *common, "-Z", "gzip"],
+    }
+    if version == 15:  # the wheels' 16 and 18 are built without lz4
+        commands["pg_receivewal-lz4"] = [pg_receivewal, *common, "-Z", "lz4"]
+    for name, command in commands.items():
+        (base / name).mkdir()
+        command += ["-D", str(base / name)]
+    return commands
+
+
+@pytest.fixture(scope="module", params=[15, 16, 18], ids=["pg15", "pg16", "pg18"])
+def promoted(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Promoted]:
+    """Built once per version; the tests read the directories (or copies of them)."""
+    version: int = request.param
+    require_version(version)
+    base = tmp_path_factory.mktemp(f"source{version}")
+    primary = PgCluster.create(version, wal_segsize_mb=1)
+    try:
+        primary.psql("CREATE TABLE t(x int, pad text)")
+        standby = primary.make_standby()
+        commands = _receivers(version, standby, base)
+        procs = {
+            n: subprocess.Popen(c, stderr=subprocess.PIPE, text=True) for n, c in commands.items()
+        }
+        try:
+            wait_until(
+                lambda: standby.psql("SELECT count(*) FROM pg_stat_replication") == str(len(procs)),
+                what="the receivers streaming from the standby",
+            )
+            for i in range(4):  # rows of 500 bytes: records of every size, segments switched
+                rows = f"generate_series(1, {1500 * (i + 1)})"
+                primary.psql(f"INSERT INTO t SELECT g, repeat('p', 500) FROM {rows} g")
+                if i % 2:
+                    primary.psql("SELECT pg_switch_wal()")
+            standby.wait_for_replay(LSN.parse(primary.current_lsn()))
+            primary.stop()
+            standby.promote()
+            wait_until(lambda: standby.psql("SELECT pg_is_in_recovery()") == "f", what="promotion")
+            for i in range(3):
+                rows = f"generate_series(1, {1200 * (i + 1)})"
+                standby.psql(f"INSERT INTO t SELECT g, repeat('s', 700) FROM {rows} g")
+                if i == 1:
+                    standby.psql("SELECT pg_switch_wal()")
+            # End mid-segment, after a large record and a small one.
+            standby.psql("INSERT INTO t VALUES (0, repeat('x', 5000))")
+            target = LSN.parse(standby.current_lsn())
+            wait_until(
+                lambda: standby.psql(
+                    f"SELECT count(*) FROM pg_stat_replication WHERE write_lsn >= '{target}'"
+                ) == str(len(procs)),
+                what="every receiver on timeline 2 past the last insert",
+            )  # fmt: skip
+        finally:
+            for proc in procs.values():
+                proc.send_signal(signal.SIGINT)
+            errors = {n: p.communicate(timeout=60)[1] for n, p in procs.items()}
+        assert all(p.returncode == 0 for p in procs.values()), errors
+        yield Promoted(version, primary, standby, {n: base / n for n in commands}, target)
+    finally:
+        primary.destroy()
+
+
+def _read_all(source: DirectorySource, timeline: int, start: int, stop: int) -> bytes:
+    """What a walsender would send of [start, stop): read() in 128 kB pieces, as it loops."""
+    pieces = []
+    pos = start
+    while pos < stop:
+        data = source.read(timeline, LSN(pos), min(PIECE, stop - pos))
+        assert data, f"read({timeline}, {LSN(pos)}) returned nothing before {LSN(stop)}"
+        assert (pos + len(data) - 1) // SEG == pos // SEG, "a read crossed a segment end"
+        pieces.append(data)
+        pos += len(data)
+    return b"".join(pieces)
+
+
+def _segments(directory: Path) -> list[tuple[int, int]]:
+    return sorted(
+        (n.segno, n.timeline)
+        for p in directory.iterdir()
+        if (n := parse_segment_name(p.name, SEG)) is not None
+    )
+
+
+def _last_record_end_per_pg_waldump(bindir: Path, wal: Path, timeline: int, start: LSN) -> LSN:
+    """Where the last whole record pg_waldump finds from ``start`` ends.
+
+    pg_waldump with ``-e E`` reads no byte at or past E, so it shows the
+    last record exactly when E is at or after that record's end: the end is
+    the smallest E (a MAXALIGNed position) for which it still does.
+    """
+    full = run_waldump(bindir, "-p", str(wal), "-t", str(timeline), "-s", str(start))
+    assert full.records, full.stderr
+    last = full.records[-1].lsn
+
+    def shows_last(end: int) -> bool:
+        dump = run_waldump(
+            bindir, "-p", str(wal), "-t", str(timeline), "-s", str(start), "-e", str(LSN(end))
+        )
+        return bool(dump.records) and dump.records[-1].lsn == last
+
+    lo, hi = int(last), int(last) + SEG  # shows_last(hi); not shows_last(lo)
+    assert shows_last(hi)
+    while hi - lo > 8:
+        mid = (lo + hi) // 2 // 8 * 8
+        if shows_last(mid):
+            hi = mid
+        else:
+            lo = mid
+    return LSN(hi)
+
+
+def _as_pg_wal(directory: Path, dest: Path) -> Path:
+    """The directory's files as pg_waldump reads them: decompressed, named complete, padded."""
+    dest.mkdir()
+    for p in directory.iterdir():
+        name = parse_segment_name(p.name, SEG)
+        if name is not None:
+            data = read_wal_file(p)
+            (dest / segment_name(name.timeline, name.segno, SEG)).write_bytes(
+                data + bytes(SEG - len(data))
+            )
+    return dest
+
+
+# -- every byte served, across the promotion --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kind", ["walstream", "pg_receivewal", "pg_receivewal-gzip", "pg_receivewal-lz4"]
+)
+def test_every_byte_served_is_the_servers(promoted: Promoted, kind: str) -> None:
+    if kind not in promoted.dirs:
+        pytest.skip(f"pg_receivewal {promoted.version} of this build has no lz4")
+    directory = promoted.dirs[kind]
+    source = DirectorySource(directory)
+    old_wal = promoted.old_primary.datadir / "pg_wal"
+    new_wal = promoted.promoted.datadir / "pg_wal"
+    sysid = promoted.promoted.psql("SELECT system_identifier FROM pg_control_system()")
+    assert (source.seg_size, source.system_identifier) == (SEG, int(sysid))
+    assert source.server_version == promoted.version * 10000
+    assert source.timeline() == 2
+    history = (new_wal / "00000002.history").read_bytes()
+    assert source.history_file(2) == ("00000002.history", history)
+    assert source.history(2) == parse_history(history)
+    assert source.history(1) == []
+    with pytest.raises(FileNotFoundError):
+        source.history_file(3)
+    switch = source.history(2)[0].switchpoint
+    end = source.end_of_wal()
+    flushed = LSN.parse(promoted.promoted.psql("SELECT pg_current_wal_flush_lsn()"))
+    assert promoted.target <= end <= flushed
+    assert any(
+        p.name.startswith("00000001") and p.name.endswith(".partial") for p in directory.iterdir()
+    )
+
+    oldest = _segments(directory)[0][0]
+    for segno in range(oldest, (end - 1) // SEG + 1):
+        start, stop = segno * SEG, min((segno + 1) * SEG, end)
+        got = _read_all(source, 2, start, stop)
+        if segno < switch // SEG:
+            expected = (old_wal / segment_name(1, segno, SEG)).read_bytes()
+        else:  # the switch segment too: timeline 2's copy, timeline 1's bytes before the switch
+            expected = (new_wal / segment_name(2, segno, SEG)).read_bytes()
+        assert got == expected[: stop - start], f"segment {segno:X} differs from the server's"
+    # Timeline 1 as a standby still on it asks for it: up to the switch point, not a byte more.
+    switch_seg = switch - switch % SEG
+    old = (old_wal / segment_name(1, switch // SEG, SEG)).read_bytes()
+    assert _read_all(source, 1, switch_seg, switch) == old[: switch - switch_seg]
+    assert source.read(1, switch, PIECE) == b""
+    assert (
+        source.read(1, LSN(switch - 8), PIECE) == old[switch - switch_seg - 8 : switch - switch_seg]
+    )
+    assert source.read(2, end, PIECE) == b""
+    assert len(source.read(2, LSN(end - 8), PIECE)) == 8
+    with pytest.raises(SourceError, match="not in the history"):
+        source.read(3, LSN(oldest * SEG), PIECE)
+    # Before the oldest segment: PostgreSQL's 58P01 words, the segment named on the timeline asked.
+    with pytest.raises(SegmentRemoved) as removed:
+        source.read(2, LSN(oldest * SEG - 8), PIECE)
+    assert removed.value.segment == segment_name(2, oldest - 1, SEG)
+    assert (
+        str(removed.value)
+        == f"requested WAL segment {segment_name(2, oldest - 1, SEG)} has already been removed"
+    )
+    assert not source.refresh()  # nothing new: the receivers are stopped
+    source.close()
+
+
+@pytest.mark.parametrize("kind", ["walstream", "pg_receivewal-gzip"])
+def test_end_of_wal_is_where_pg_waldump_finds_the_last_record(
+    promoted: Promoted, kind: str, tmp_path: Path
+) -> None:
+    directory = promoted.dirs[kind]
+    source = DirectorySource(directory)
+    end = source.end_of_wal()
+    assert end % SEG, "the test wants the end inside a .partial"
+    wal = _as_pg_wal(directory, tmp_path / "pg_wal")
+    bindir = promoted.promoted.bindir
+    assert end == _last_record_end_per_pg_waldump(bindir, wal, 2, LSN(end - end % SEG))
+
+
+def test_a_hole_is_an_error_and_not_a_removal(promoted: Promoted, tmp_path: Path) -> None:
+    directory = tmp_path / "wal"
+    shutil.copytree(promoted.dirs["walstream"], directory)
+    segments = [s for s in _segments(directory) if s[1] == 1]
+    victim = segments[len(segments) // 2]
+    (directory / segment_name(victim[1], victim[0], SEG)).unlink()
+    source = DirectorySource(directory)
+    with pytest.raises(
+        SourceError, match=f"WAL segment {segment_name(2, victim[0], SEG)} is missing"
+    ):
+        source.read(2, LSN(victim[0] * SEG), PIECE)
+    assert source.read(2, LSN((victim[0] + 1) * SEG), PIECE)
+    # Removing the oldest ones (a retention job) turns them into removals.
+    for segno, tli in segments[: segments.index(victim)]:
+        (directory / segment_name(tli, segno, SEG)).unlink()
+    with pytest.raises(SegmentRemoved):
+        source.read(2, LSN(segments[0][0] * SEG), PIECE)
+
+
+def test_wal_of_two_systems_is_refused_naming_both_files(
+    promoted: Promoted, pg_factory, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    other: PgCluster = pg_factory(promoted.version, wal_segsize_mb=1)
+    directory = tmp_path / "wal"
+    shutil.copytree(promoted.dirs["pg_receivewal"], directory)
+    theirs = sorted(
+        p for p in (other.datadir / "pg_wal").iterdir() if parse_segment_name(p.name, SEG)
+    )[0]
+    stranger = segment_name(7, 1, SEG)  # a timeline of its own: nothing of ours is replaced
+    shutil.copy(theirs, directory / stranger)
+    with pytest.raises(SourceError) as caught:
+        DirectorySource(directory)
+    first = min(
+        p.name
+        for p in directory.iterdir()
+        if parse_segment_name(p.name, SEG) and p.name != stranger
+    )
+    message = str(caught.value)
+    assert "two database systems" in message, message
+    assert stranger in message, message
+    assert first in message, message
+
+
+def test_a_damaged_byte_in_the_partial_stops_the_end_before_it(
+    promoted: Promoted, tmp_path: Path
+) -> None:
+    directory = tmp_path / "wal"
+    shutil.copytree(promoted.dirs["walstream"], directory)
+    end = DirectorySource(directory).end_of_wal()
+    partial = directory / (segment_name(2, end // SEG, SEG) + ".partial")
+    bindir = promoted.promoted.bindir
+    seg_start = LSN(end - end % SEG)
+    dump = run_waldump(
+        bindir,
+        "-p",
+        str(_as_pg_wal(directory, tmp_path / "before")),
+        "-t",
+        "2",
+        "-s",
+        str(seg_start),
+    )
+    # A record a few from the end whose header lies within its page (and not just after a
+    # page header, where the end before it is the page's start): flip a byte of its CRC.
+    victim = next(r for r in reversed(dump.records[:-3]) if 40 < r.lsn % 8192 <= 8192 - 24)
+    data = bytearray(partial.read_bytes())
+    data[victim.lsn - seg_start + 21] ^= 0x40
+    partial.write_bytes(bytes(data))
+    oracle = run_waldump(
+        bindir,
+        "-p",
+        str(_as_pg_wal(directory, tmp_path / "after")),
+        "-t",
+        "2",
+        "-s",
+        str(seg_start),
+    )
+    assert oracle.error is not None, oracle.stderr
+    assert "incorrect resource manager data checksum" in oracle.error, oracle.stderr
+    assert oracle.records[-1].lsn < victim.lsn
+
+    source = DirectorySource(directory)
+    assert source.end_of_wal() == victim.lsn  # the end of the record before it
+    assert not source.refresh()
+    assert source.end_of_wal() == victim.lsn
+    # The segment completed as it is (a receiver renames only whole segments):
+    # the end would have to pass the damage, so the source refuses, naming file and LSN.
+    partial.rename(partial.with_name(partial.name.removesuffix(".partial")))
+    with pytest.raises(SourceError) as caught:
+        source.refresh()
+    message = str(caught.value)
+    assert partial.name.removesuffix(".partial") in message, message
+    assert str(victim.lsn) in message, message
+    assert "checksum" in message
+    assert source.end_of_wal() == victim.lsn
+
+
+# -- following a receiver that writes the directory --------------------------------------------
+
+
+@dataclass
+class _Seen:
+    end: LSN
+    digest: bytes  # of what read() served of the end's segment, from its start to the end
+
+
+def _observe(source: DirectorySource, seen: list[_Seen]) -> None:
+    source.refresh()
+    end = source.end_of_wal()
+    if seen and end == seen[-1].end:
+        return
+    assert not seen or end > seen[-1].end, "the end of WAL went back"
+    start = (end - 1) // SEG * SEG
+    seen.append(_Seen(end, hashlib.sha256(_read_all(source, 1, start, end)).digest()))
+
+
+@pytest.mark.parametrize("version", [15, 16, 18], ids=["pg15", "pg16", "pg18"])
+def test_follows_a_partial_growing_under_load(pg_factory, tmp_path: Path, version: int) -> None:  # type: ignore[no-untyped-def]
+    """end_of_wal advances through a .partial as receivers write it, only ever to a record's
+    end, and what was served there never changes (so it was never zero padding)."""
+    primary: PgCluster = pg_factory(version, wal_segsize_mb=1)
+    primary.pgbench("-i", "-s", "2", "-q")
+    conninfo = primary.conninfo("trust_user")
+    kinds = {
+        "walstream": [sys.executable, "-m", "walstream.receiver", "-d", conninfo, "-s", "1"],
+        # --synchronous: pg_receivewal flushes its gzip stream only at sync points; without
+        # them zlib holds the newest WAL until the segment ends (served once on disk, not before).
+        "gzip": [
+            str(primary.program("pg_receivewal")),
+            *("-d", conninfo, "-s", "1", "-Z", "gzip", "--synchronous"),
+        ],
+    }
+    procs = []
+    for kind, command in kinds.items():
+        (tmp_path / kind).mkdir()
+        procs.append(
+            subprocess.Popen(
+                [*command, "-D", str(tmp_path / kind)], stderr=subprocess.PIPE, text=True
+            )
+        )
+    seen: dict[str, list[_Seen]] = {kind: [] for kind in kinds}
+    sources: dict[str, DirectorySource] = {}
+
+    def ready() -> bool:
+        try:
+            sources.update({k: DirectorySource(tmp_path / k) for k in kinds if k not in sources})
+        except SourceError:  # no page header yet
+            return False
+        return True
+
+    try:
+        wait_until(ready, what="WAL in both directories")
+        load = threading.Thread(
+            target=primary.pgbench, args=("-c", "2", "-j", "2", "-T", "3", "-n")
+        )
+        load.start()
+        while load.is_alive():
+            for kind, source in sources.items():
+                _observe(source, seen[kind])
+        load.join()
+        target = LSN.parse(primary.current_lsn())
+
+        def caught_up() -> bool:
+            for kind, source in sources.items():
+                _observe(source, seen[kind])
+            return all(s.end_of_wal() >= target for s in sources.values())
+
+        wait_until(caught_up, what=f"the end of WAL to reach {target}")
+        primary.psql(
+            "INSERT INTO pgbench_history VALUES (0, 0, 0, 0)"
+        )  # a record after the last end
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)
+        errors = [p.communicate(timeout=60)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), errors
+
+    pg_wal = primary.datadir / "pg_wal"
+    first = min(s.end for runs in seen.values() for s in runs)
+    last = max(s.end for runs in seen.values() for s in runs)
+    dump = run_waldump(primary.bindir, "-p", str(pg_wal), "-s", str(LSN(first - first % SEG)))
+    starts = {int(r.lsn) for r in dump.records}  # a record ends where the next one starts
+    assert max(starts) >= last, dump.stderr
+    for kind, runs in seen.items():
+        assert len(runs) > 10, f"{kind}: the end moved only {len(runs)} times"
+        assert sum(1 for s in runs if s.end % SEG) > 5, f"{kind}: never followed a .partial"
+        for s in runs:
+            # A completed segment counts whole; otherwise the end is where a record starts
+            # (after the page header when that is at a page's start).
+            header = 24 if s.end % 8192 == 0 else 0
+            whole = s.end % SEG == 0
+            assert whole or {s.end, s.end + header} & starts, f"{kind}: {s.end} is not a record end"
+            start = (s.end - 1) // SEG * SEG
+            server = (pg_wal / segment_name(1, start // SEG, SEG)).read_bytes()[: s.end - start]
+            assert s.digest == hashlib.sha256(server).digest(), (
+                f"{kind}: served bytes before {s.end} changed"
+            )
+    for source in sources.values():
+        source.close()
