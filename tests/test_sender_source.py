@@ -24,8 +24,10 @@ from pathlib import Path
 import pytest
 
 from walstream.lsn import LSN
+from walstream.sender import source as source_module
 from walstream.sender.source import DirectorySource, SegmentRemoved, SourceError
-from walstream.storage.compression import read_wal_file
+from walstream.storage.compression import Compression, make_compressor, read_wal_file
+from walstream.storage.slots import SavedSlot, SlotStore
 from walstream.wal.segment import parse_history, parse_segment_name, segment_name
 
 from .conftest import require_version
@@ -45,6 +47,46 @@ class Promoted:
     promoted: PgCluster  # timeline 2
     dirs: dict[str, Path]
     target: LSN  # every receiver had written at least this much of timeline 2
+    followers: dict[str, _Follower]  # sources that followed the directories as they were written
+
+
+class _Follower(threading.Thread):
+    """A DirectorySource refreshed every few ms while a receiver writes the directory,
+    as the sender's disk thread does: (timeline, end of WAL) each time either changes."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(daemon=True)
+        self.directory = directory
+        self.seen: list[tuple[int, LSN]] = []
+        self.error: BaseException | None = None
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        source = None
+        try:
+            while True:
+                halting = self.halt.is_set()  # then one last look, after the receiver's end
+                if source is None:
+                    try:
+                        source = DirectorySource(self.directory)
+                    except SourceError:  # nothing written yet
+                        if halting:
+                            return
+                        self.halt.wait(0.01)
+                        continue
+                else:
+                    source.refresh()
+                now = (source.timeline(), source.end_of_wal())
+                if not self.seen or self.seen[-1] != now:
+                    self.seen.append(now)
+                if halting:
+                    return
+                self.halt.wait(0.005)
+        except BaseException as e:  # reported by the test
+            self.error = e
+        finally:
+            if source is not None:
+                source.close()
 
 
 def _receivers(version: int, standby: PgCluster, base: Path) -> dict[str, list[str]]:
@@ -60,6 +102,8 @@ def _receivers(version: int, standby: PgCluster, base: Path) -> dict[str, list[s
         commands["pg_receivewal-lz4"] = [pg_receivewal, *common, "-Z", "lz4"]
     for name, command in commands.items():
         (base / name).mkdir()
+        # A slot kept in the directory from the start: the receivers must not mind it.
+        SlotStore(base / name).save(SavedSlot("kept", LSN(0x1000000), xmin=734))
         command += ["-D", str(base / name)]
     return commands
 
@@ -80,6 +124,9 @@ def promoted(
         procs = {
             n: subprocess.Popen(c, stderr=subprocess.PIPE, text=True) for n, c in commands.items()
         }
+        followers = {kind: _Follower(base / kind) for kind in ("walstream", "pg_receivewal")}
+        for follower in followers.values():
+            follower.start()
         try:
             wait_until(
                 lambda: standby.psql("SELECT count(*) FROM pg_stat_replication") == str(len(procs)),
@@ -112,8 +159,12 @@ def promoted(
             for proc in procs.values():
                 proc.send_signal(signal.SIGINT)
             errors = {n: p.communicate(timeout=60)[1] for n, p in procs.items()}
+            for follower in followers.values():
+                follower.halt.set()
+                follower.join(60)
         assert all(p.returncode == 0 for p in procs.values()), errors
-        yield Promoted(version, primary, standby, {n: base / n for n in commands}, target)
+        dirs = {n: base / n for n in commands}
+        yield Promoted(version, primary, standby, dirs, target, followers)
     finally:
         primary.destroy()
 
@@ -242,6 +293,28 @@ def test_every_byte_served_is_the_servers(promoted: Promoted, kind: str) -> None
     )
     assert not source.refresh()  # nothing new: the receivers are stopped
     source.close()
+    # The slot kept in the directory survived the receivers, untouched.
+    assert SlotStore(directory).load() == {"kept": SavedSlot("kept", LSN(0x1000000), xmin=734)}
+
+
+@pytest.mark.parametrize("kind", ["walstream", "pg_receivewal"])
+def test_a_follower_goes_over_to_the_new_timeline(promoted: Promoted, kind: str) -> None:
+    """Refreshed while the receiver wrote: timeline 1 up to its switch point, then timeline 2
+    once its history file came, ending where a source opened afterwards ends."""
+    follower = promoted.followers[kind]
+    assert not follower.is_alive()
+    assert follower.error is None, repr(follower.error)
+    seen = follower.seen
+    switch = parse_history((promoted.dirs[kind] / "00000002.history").read_bytes())[0].switchpoint
+    assert [t for t, _ in seen] == sorted(t for t, _ in seen)
+    assert seen[0][0] == 1
+    assert seen[-1] == (2, DirectorySource(promoted.dirs[kind]).end_of_wal())
+    for timeline in (1, 2):
+        ends = [end for t, end in seen if t == timeline]
+        assert len(ends) > 3, f"timeline {timeline}: {ends}"
+        assert ends == sorted(ends), f"the end went back on timeline {timeline}"
+    assert max(end for t, end in seen if t == 1) <= switch
+    assert any(end % SEG for t, end in seen if t == 2)
 
 
 @pytest.mark.parametrize("kind", ["walstream", "pg_receivewal-gzip"])
@@ -455,3 +528,69 @@ def test_follows_a_partial_growing_under_load(pg_factory, tmp_path: Path, versio
             )
     for source in sources.values():
         source.close()
+
+
+@pytest.mark.parametrize("compression", ["none", "gzip"])
+def test_a_decoder_far_behind_jumps_near_the_written_end(
+    promoted: Promoted, compression: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real WAL written into a .partial in pieces of every size, some far larger than the
+    decoder may take in one refresh: the end is still always a record's end within what
+    is written, and reaches the segment's end when it completes."""
+    monkeypatch.setattr(source_module, "_JUMP_LAG", 64 * 1024)  # 1 MB segments: jump often
+    monkeypatch.setattr(source_module, "_JUMP_BACK", 16 * 1024)
+    old_wal = promoted.old_primary.datadir / "pg_wal"
+    switch = parse_history((promoted.dirs["walstream"] / "00000002.history").read_bytes())[0]
+    complete = [s for s, t in _segments(promoted.dirs["walstream"]) if t == 1]
+    complete = [s for s in complete if s < switch.switchpoint.__index__() // SEG][-3:]
+    assert len(complete) == 3, complete
+    first, growing = complete[0], complete[1:]
+    dump = run_waldump(
+        promoted.old_primary.bindir, "-p", str(old_wal), "-s", str(LSN(first * SEG)),
+        "-e", str(LSN((growing[-1] + 1) * SEG)),
+    )  # fmt: skip
+    starts = {int(r.lsn) for r in dump.records} | {(growing[-1] + 1) * SEG}
+    directory = tmp_path / "wal"
+    directory.mkdir()
+    shutil.copy(old_wal / segment_name(1, first, SEG), directory)
+    suffix = Compression(compression).suffix
+    pieces = [5000, 150_000, 37, 300_000, 8192, 70_000, 1, 200_000, 4096, 2_000_000]
+    source = DirectorySource(directory)
+    assert source.end_of_wal() == (first + 1) * SEG
+    anchors = set()
+    for segno in growing:
+        data = (old_wal / segment_name(1, segno, SEG)).read_bytes()
+        name = directory / (segment_name(1, segno, SEG) + suffix)
+        partial = name.with_name(name.name + ".partial")
+        compressor = make_compressor(Compression(compression))
+        with open(partial, "wb") as f:
+            if compressor is None:
+                f.write(bytes(SEG))  # pre-padded, as receivers write plain segments
+                f.seek(0)
+            else:
+                f.write(compressor.start())
+            written = 0
+            for size in pieces * 3:
+                chunk = data[written : written + size]
+                f.write(
+                    chunk if compressor is None else compressor.compress(chunk) + compressor.flush()
+                )
+                f.flush()
+                written += len(chunk)
+                source.refresh()
+                end = source.end_of_wal()
+                anchors.add(source._anchor % SEG)
+                assert end <= segno * SEG + written, "served past what is written"
+                assert end % SEG == 0 or {end, end + 24 * (end % 8192 == 0)} & starts, end
+                if written == SEG:
+                    break
+            if compressor is not None:
+                f.write(compressor.finish())
+        partial.rename(name)
+        source.refresh()
+        assert source.end_of_wal() == (segno + 1) * SEG
+    assert anchors - {0}, "the decoder never jumped"
+    assert _read_all(source, 1, first * SEG, source.end_of_wal()) == b"".join(
+        (old_wal / segment_name(1, s, SEG)).read_bytes() for s in complete
+    )
+    source.close()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
@@ -133,6 +134,7 @@ class _Tail:
     limit: int  # where its WAL on the history ends: the segment's end, or a switch point
     fd: int = -1  # a plain file, kept open for cheap probes
     ino: int = -1
+    size: int = -1  # a compressed file's decompressed size when last looked at
     frontier: int = 0  # bytes of the segment (from its start) that may hold WAL so far
     last_page: bytes = b""  # a plain file's page before the frontier, as last read
 
@@ -602,9 +604,17 @@ class DirectorySource:
         path = tail.file.path
         if tail.file.compression:
             size = self._reader.wal_size(path)
-            changed = size != tail.frontier
-            tail.frontier = size
-            return changed
+            if size == tail.size:
+                return False
+            if size < tail.size:  # rewritten shorter (pg_receivewal restarted): look again
+                tail.frontier = 0
+            tail.size = size
+            # The zeros after an XLOG_SWITCH are in the file too: stop before them.
+            head = self._reader.read
+            pages = -(-size // _PAGE)
+            frontier = self._frontier(tail, lambda p: head(path, p * _PAGE, _PAGE_HEADER), pages)
+            tail.frontier = min(frontier, size)
+            return True
         st = os.stat(path)
         if st.st_ino != tail.ino:
             if tail.fd >= 0:
@@ -612,27 +622,30 @@ class DirectorySource:
             tail.fd = os.open(path, os.O_RDONLY)
             tail.ino = os.fstat(tail.fd).st_ino
             tail.frontier, tail.last_page = 0, b""
-        frontier = self._frontier(tail)
-        last = os.pread(tail.fd, _PAGE, frontier - _PAGE) if frontier else b""
+        fd = tail.fd
+        frontier = self._frontier(
+            tail, lambda p: os.pread(fd, _PAGE_HEADER, p * _PAGE), self._seg // _PAGE
+        )
+        last = os.pread(fd, _PAGE, frontier - _PAGE) if frontier else b""
         changed = frontier != tail.frontier or last != tail.last_page
         tail.frontier, tail.last_page = frontier, last
         return changed
 
-    def _frontier(self, tail: _Tail) -> int:
-        """The first page of a plain ``.partial`` never written (its size if all were).
+    @staticmethod
+    def _frontier(tail: _Tail, header: Callable[[int], bytes], pages: int) -> int:
+        """The first of ``pages`` pages of the ``.partial`` never written (all: their end).
 
-        A receiver pre-pads the file with zeros and writes it in order, and
-        every page it writes starts with a page header whose magic is not
-        zero: so the pages written are a prefix, found by probing page
-        headers from the last frontier on, doubling the step, then bisecting.
-        (After an XLOG_SWITCH the rest is zeros too: the decoder ends the
-        segment there before looking.)
+        A receiver pre-pads a plain file with zeros and writes it in order,
+        and every page it writes starts with a page header whose magic is
+        not zero: so the pages written are a prefix, found by probing page
+        headers (``header(page)``) from the last frontier on, doubling the
+        step, then bisecting. After an XLOG_SWITCH the rest of the segment
+        is zeros too (pages included, also in a compressed file): the search
+        stops there, and the decoder ends the segment at the switch record.
         """
-        fd = tail.fd
-        pages = self._seg // _PAGE
 
         def written(page: int) -> bool:
-            return any(os.pread(fd, _PAGE_HEADER, page * _PAGE))
+            return any(header(page))
 
         known = tail.frontier // _PAGE - 1  # pages up to here are written
         if known + 1 >= pages or not written(known + 1):
