@@ -147,3 +147,20 @@ def test_several_compressed_files_read_in_turn(tmp_path: Path, inflations: list[
         for path, data in files:
             assert reader.read(path, offset, 50_000) == data[offset : offset + 50_000]
     assert len(inflations) == 3
+
+
+def test_the_cache_is_bounded_in_bytes_but_keeps_the_file_being_read(
+    tmp_path: Path, inflations: list[int]
+) -> None:
+    files = []
+    for i in range(2):
+        data = _wal_like(400_000, seed=i)
+        path = tmp_path / f"00000001000000000000000{i}.gz"
+        path.write_bytes(_stream("gzip", data, 100_000, finish=True))
+        files.append((path, data))
+    reader = WalReader(tmp_path, cache_bytes=500_000)  # room for one of them
+    for _ in range(2):
+        for path, data in files:
+            assert reader.read(path, 1000, 100) == data[1000:1100]
+            assert reader.read(path, 300_000, 100) == data[300_000:300_100]
+    assert len(inflations) == 4

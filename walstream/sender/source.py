@@ -54,8 +54,9 @@ log = logging.getLogger("walstream.sender.source")
 _PAGE: Final = 8192  # XLOG_BLCKSZ
 _PAGE_HEADER: Final = 24  # SizeOfXLogShortPHD: a page never written is zeros here
 # Decoding the tail of a .partial costs 10-25 ms per MB of small records
-# (pgbench; measured 40-90 MB/s for WalDecoder.scan_stats on this machine's
-# 2 cores, 560-720 MB/s for the large records of pgbench -i). So that a
+# (pgbench's: WalDecoder.scan_stats decodes and verifies 40-96 MB/s of them on
+# this machine's 2 cores, 0.7-1 GB/s of pgbench -i's large ones; bench/source.py).
+# So that a
 # refresh stays within a few ms, a decoder more than _JUMP_LAG behind what a
 # receiver wrote starts again _JUMP_BACK before its end; the bytes jumped over
 # are trusted as completed segments are (see DirectorySource).
@@ -167,20 +168,21 @@ class DirectorySource:
     page headers; WAL of two systems in one directory is a
     :class:`SourceError` naming both files.
 
-    Where valid WAL ends: a completed segment counts whole (the receiver
-    renames a segment only once all of it is written and fsynced; decoding
-    completed segments to validate them costs 1.5-2 s per GiB of bulk-load
-    WAL and 11-25 s per GiB of small records in this decoder, and a standby
-    checks every record itself anyway). In the ``.partial`` at the end, the
-    end is the end of the last whole, CRC-valid record the decoder finds
-    there, never the zero padding after it. The decoder is kept between
-    refreshes and restarted at its last whole record when a torn or zero
-    tail stopped it. When it falls far behind a fast receiver, it starts
-    again near the end of what is written, and the bytes it jumped over are
-    trusted as a completed segment's are. A stop inside a segment that is
-    then completed is checked again; if the completed file still fails
-    there, that is damage, and :meth:`refresh` raises :class:`SourceError`
-    naming the file and the LSN instead of passing it.
+    Where valid WAL ends: a completed segment counts whole (a receiver
+    renames a segment only once all of it is written, and fsynced unless
+    told not to; decoding completed segments to validate them would cost
+    1-1.5 s per GiB of bulk-load WAL and 11-25 s per GiB of pgbench's small
+    records, measured with bench/source.py, and a standby checks every
+    record itself anyway). In the ``.partial`` at the end, the end is the
+    end of the last whole, CRC-valid record the decoder finds there, never
+    the zero padding after it. The decoder is kept between refreshes and
+    restarted at its last whole record when a torn or zero tail stopped it.
+    When it falls far behind a fast receiver, it starts again near the end
+    of what is written, and the bytes it jumped over are trusted as a
+    completed segment's are. A stop inside a segment that is then completed
+    is checked again; if the completed file still fails there, that is
+    damage, and :meth:`refresh` raises :class:`SourceError` naming the file
+    and the LSN instead of passing it.
 
     :meth:`refresh` is cheap enough to call every few ms while a receiver
     writes: it stats the ``.partial`` being followed (and probes a plain
@@ -256,7 +258,7 @@ class DirectorySource:
             try:
                 self._histories[timeline] = self._reader.history(timeline)
             except FileNotFoundError:
-                raise
+                raise  # an unknown timeline, as the interface says
             except HistoryFileError as e:
                 raise SourceError(f'timeline history file "{path}": {e}') from None
             except (OSError, ValueError) as e:
@@ -285,6 +287,9 @@ class DirectorySource:
         older than the oldest there is raises :class:`SegmentRemoved` naming
         it on ``timeline``; a segment missing between others is a
         :class:`SourceError`, as is a timeline not in the newest one's history.
+        While pg_receivewal, restarted, rewrites a compressed ``.partial`` in
+        place, the file may hold less than it did: fewer bytes (even none)
+        come back until it has caught up; the caller tries again later.
         """
         seg = self._seg
         pos = int(start)

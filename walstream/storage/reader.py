@@ -87,11 +87,15 @@ class SegmentFile:
 class WalReader:
     """The WAL files of one directory, found and read as PostgreSQL's tools find them."""
 
-    def __init__(self, path: Path | str, *, cache_files: int = 4) -> None:
+    def __init__(
+        self, path: Path | str, *, cache_files: int = 4, cache_bytes: int = 64 * 1024 * 1024
+    ) -> None:
         self.path = Path(path)
-        # Decompressed files, least recently used first (see the module docstring).
+        # Decompressed files, least recently used first (see the module docstring):
+        # at most cache_files of them and cache_bytes in all, but always the last one.
         self._cache: OrderedDict[Path, _Inflated] = OrderedDict()
         self._cache_files = max(1, cache_files)
+        self._cache_bytes = cache_bytes
 
     # -- finding files --------------------------------------------------------
 
@@ -222,10 +226,11 @@ class WalReader:
         ):
             inf = _Inflated(st.st_ino, 0, 0, make_decompressor(suffix_of(path.name)))
             cache[path] = inf
-            if len(cache) > self._cache_files:
-                cache.popitem(last=False)
         self._inflate(path, inf)
         inf.size, inf.mtime_ns = st.st_size, st.st_mtime_ns
+        total = sum(len(i.out) for i in cache.values())
+        while len(cache) > 1 and (len(cache) > self._cache_files or total > self._cache_bytes):
+            total -= len(cache.popitem(last=False)[1].out)  # never the one just read: it is last
         return self._checked(path, inf)
 
     @staticmethod
