@@ -32,6 +32,7 @@ from walstream.wal.segment import parse_history, parse_segment_name, segment_nam
 
 from .conftest import require_version
 from .pgcluster import PgCluster, wait_until
+from .test_startup_service import _copy_segments, _switch
 from .waldump_oracle import run_waldump
 
 SEG = 1024 * 1024
@@ -594,3 +595,93 @@ def test_a_decoder_far_behind_jumps_near_the_written_end(
         (old_wal / segment_name(1, s, SEG)).read_bytes() for s in complete
     )
     source.close()
+
+
+def test_the_new_timeline_takes_over_the_switch_segment_step_by_step(
+    promoted: Promoted, tmp_path: Path
+) -> None:
+    """The directory as a receiver fills it across the promotion: timeline 1 up to its switch
+    point; its history file; timeline 2's copy of the switch segment, a little, then all."""
+    source_dir = promoted.dirs["walstream"]
+    history = (source_dir / "00000002.history").read_bytes()
+    switch = parse_history(history)[0].switchpoint
+    k = switch // SEG
+    directory = tmp_path / "wal"
+    directory.mkdir()
+    for segno, tli in _segments(source_dir):
+        if tli == 1:
+            shutil.copy(
+                source_dir / (segment_name(1, segno, SEG) + ".partial" * (segno == k)), directory
+            )
+    source = DirectorySource(directory)
+    assert (source.timeline(), source.end_of_wal()) == (1, switch)  # timeline 1's last record
+
+    (directory / "00000002.history").write_bytes(history)
+    assert source.refresh()
+    assert (source.timeline(), source.end_of_wal()) == (2, switch)  # from timeline 1's file
+    assert source.read(2, switch, PIECE) == b""
+
+    # Timeline 2's copy of the switch segment: timeline 1's bytes, then the first of its own.
+    mine = read_wal_file(next(source_dir.glob(segment_name(2, k, SEG) + "*")))
+    partial = directory / (segment_name(2, k, SEG) + ".partial")
+    written = switch - k * SEG + 8192
+    partial.write_bytes(mine[:written] + bytes(SEG - written))
+    assert source.refresh()
+    end = source.end_of_wal()
+    assert switch < end <= k * SEG + written
+    assert _read_all(source, 2, k * SEG, end) == mine[: end - k * SEG]
+    assert _read_all(source, 1, k * SEG, switch) == mine[: switch - k * SEG]
+
+    for segno, tli in _segments(source_dir):
+        if tli == 2:
+            for f in source_dir.glob(segment_name(2, segno, SEG) + "*"):
+                shutil.copy(f, directory)
+    if not list(source_dir.glob(segment_name(2, k, SEG) + ".partial")):
+        partial.unlink()  # completed meanwhile: the completed file replaces it
+    source.refresh()
+    assert source.end_of_wal() == DirectorySource(source_dir).end_of_wal()
+    source.close()
+
+
+def test_an_abandoned_branch_past_the_fork_is_never_served(pg_factory) -> None:  # type: ignore[no-untyped-def]
+    """Timeline 1 went on after timeline 2 forked from it inside a segment (an old primary
+    that kept writing): its bytes past the switch point are never served, for 2 nor for 1."""
+    primary: PgCluster = pg_factory(15, wal_segsize_mb=1)
+    primary.psql("CREATE TABLE t(x int)")
+    standby = primary.make_standby()
+    primary.psql("INSERT INTO t SELECT generate_series(1, 3000)")
+    standby.wait_for_replay(primary.current_lsn())
+    standby.promote()
+    wait_until(lambda: standby.psql("SELECT pg_is_in_recovery()") == "f", what="promotion")
+    standby.psql("INSERT INTO t SELECT generate_series(1, 30000)")
+    end2 = _switch(standby)
+    primary.psql("INSERT INTO t SELECT generate_series(1, 5000)")  # the branch abandoned
+    end1 = _switch(primary)
+    wal = primary.base / "wal"
+    wal.mkdir()
+    _copy_segments(primary, wal, 1, end1)
+    _copy_segments(standby, wal, 2, end2)
+    shutil.copy(standby.datadir / "pg_wal" / "00000002.history", wal)
+
+    source = DirectorySource(wal)
+    assert (source.timeline(), source.end_of_wal()) == (2, end2)
+    switch = source.history(2)[0].switchpoint
+    k, off = divmod(switch, SEG)
+    assert off >= 8, "the fork should be inside a segment"
+    old = (wal / segment_name(1, k, SEG)).read_bytes()
+    new = (wal / segment_name(2, k, SEG)).read_bytes()
+    assert old[:off] == new[:off]
+    assert old[off : off + 8192] != new[off : off + 8192], "the branches differ after the fork"
+    for segno in range(_segments(wal)[0][0], end2 // SEG):
+        tli = 1 if segno < k else 2
+        expected = (wal / segment_name(tli, segno, SEG)).read_bytes()
+        assert _read_all(source, 2, segno * SEG, (segno + 1) * SEG) == expected, f"{segno:X}"
+    assert _read_all(source, 1, k * SEG, switch) == new[:off]
+    assert source.read(1, switch, PIECE) == b""
+    # Without timeline 2's copy of the switch segment, timeline 1's serves up to the
+    # switch point only; what follows it on timeline 2 is missing, not timeline 1's.
+    (wal / segment_name(2, k, SEG)).unlink()
+    source = DirectorySource(wal)
+    assert _read_all(source, 2, k * SEG, switch) == old[:off]
+    with pytest.raises(SourceError, match=f"{segment_name(2, k, SEG)} is missing"):
+        source.read(2, switch, PIECE)
