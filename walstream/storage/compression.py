@@ -17,8 +17,10 @@ from typing import Any, Final, Protocol
 __all__ = [
     "Compression",
     "Compressor",
+    "Decompressor",
     "decompress_file",
     "make_compressor",
+    "make_decompressor",
     "read_wal_file",
     "suffix_of",
 ]
@@ -174,6 +176,35 @@ def make_compressor(c: Compression) -> Compressor | None:
     if c.method == "zstd":
         return _Zstd(c.level)
     return None
+
+
+class Decompressor(Protocol):
+    """A stream decompressor fed a compressed file a piece at a time (zlib's, lz4's, zstd's).
+
+    ``decompress`` returns what the bytes so far decode to (an unfinished
+    stream decodes up to its last complete block) and raises on damage;
+    ``eof`` is true once the stream's end was read (what follows is not WAL).
+    """
+
+    @property
+    def eof(self) -> bool: ...
+
+    def decompress(self, data: bytes) -> bytes: ...
+
+
+def make_decompressor(suffix: str) -> Decompressor:
+    """A decompressor for files with ``suffix`` (".gz", ".lz4" or ".zst")."""
+    if suffix == ".gz":
+        return zlib.decompressobj(31)
+    if suffix == ".lz4":
+        frame = _require("lz4.frame", "lz4")
+        lz4: Decompressor = frame.LZ4FrameDecompressor()
+        return lz4
+    if suffix == ".zst":
+        zstandard = _require("zstandard", "zstd")
+        zst: Decompressor = zstandard.ZstdDecompressor().decompressobj()
+        return zst
+    raise ValueError(f"not a compression suffix: {suffix!r}")
 
 
 def decompress_file(path: Path, method: str, limit: int | None = None) -> bytes:

@@ -5,24 +5,33 @@ A walstream or pg_receivewal directory (completed segments, ``.partial``,
 The startup role, ``walstream waldump`` and the sender all find and read
 their files here, each wording its own errors (a tool that imitates
 pg_waldump says what pg_waldump says), so this module raises ``OSError``,
-``ValueError`` (an invalid segment size) and
-:class:`~walstream.wal.segment.HistoryFileError` and leaves the words to them.
+``ValueError`` (an invalid segment size, a damaged completed compressed
+file) and :class:`~walstream.wal.segment.HistoryFileError` and leaves the
+words to them.
 
-Compressed segments are read decompressed. The last one decompressed is
-kept (keyed by its size and modification time, so a growing ``.partial``
-is decompressed again): a segment is read a piece at a time, and
-decompressing the whole file for every piece made reading a 16 MB ``.gz``
-segment in 128 kB pieces quadratic.
+Compressed segments are read decompressed. The last few decompressed are
+kept (a segment is read a piece at a time, and decompressing the whole file
+for every piece made reading a 16 MB ``.gz`` segment in 128 kB pieces
+quadratic), and a compressed ``.partial`` that grows is decompressed on from
+where it was, not again from its start: a sender following a receiver's
+``.gz.partial`` every few milliseconds would otherwise decompress the whole
+segment each time. A file replaced (another inode: walstream's receiver
+renames a rewritten ``.partial`` over the old one) or rewritten in place
+(pg_receivewal restarted: the bytes before the point reached differ) is
+decompressed again from its start. A ``.partial`` that fails to decompress
+part way (pg_receivewal's in-place rewrite leaves the old stream's bytes
+after the new one) reads as what came before the damage.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from walstream.storage.compression import decompress_file, suffix_of
+from walstream.storage.compression import Decompressor, make_decompressor, suffix_of
 from walstream.wal.segment import (
     COMPRESSION_SUFFIXES,
     LONG_PAGE_HEADER_SIZE,
@@ -40,6 +49,23 @@ from walstream.wal.segment import (
 __all__ = ["SegmentFile", "WalReader"]
 
 _PARTIAL: Final = ".partial"
+_INFLATE_PIECE: Final = 1024 * 1024  # compressed bytes read and decompressed at a time
+_TAIL_CHECK: Final = 4096  # compressed bytes compared to tell a file rewritten in place
+_HEAD_PIECES: Final = (4096, 65536, 1024 * 1024)  # prefixes tried to decompress a header
+
+
+@dataclass(eq=False, slots=True)
+class _Inflated:
+    """A compressed file decompressed up to ``consumed`` of its bytes."""
+
+    ino: int
+    size: int  # st_size and st_mtime_ns when last brought up to date
+    mtime_ns: int
+    decompressor: Decompressor
+    consumed: int = 0
+    out: bytearray = field(default_factory=bytearray)
+    tail: bytes = b""  # the last compressed bytes consumed, to notice a rewrite
+    error: str | None = None  # decompression failed at ``consumed``: out is what came before
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +87,15 @@ class SegmentFile:
 class WalReader:
     """The WAL files of one directory, found and read as PostgreSQL's tools find them."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(
+        self, path: Path | str, *, cache_files: int = 4, cache_bytes: int = 64 * 1024 * 1024
+    ) -> None:
         self.path = Path(path)
-        self._cache: tuple[Path, int, int, bytes] | None = None  # path, size, mtime_ns, data
+        # Decompressed files, least recently used first (see the module docstring):
+        # at most cache_files of them and cache_bytes in all, but always the last one.
+        self._cache: OrderedDict[Path, _Inflated] = OrderedDict()
+        self._cache_files = max(1, cache_files)
+        self._cache_bytes = cache_bytes
 
     # -- finding files --------------------------------------------------------
 
@@ -105,11 +137,39 @@ class WalReader:
     def read(self, path: Path, offset: int = 0, size: int = -1) -> bytes:
         """Up to ``size`` bytes (-1: all) of WAL from ``offset``; compressed files decompressed."""
         if suffix_of(path.name):
-            data = self._decompressed(path)
-            return data[offset : offset + size] if size >= 0 else data[offset:]
+            data = self._inflated(path).out
+            return bytes(data[offset : offset + size] if size >= 0 else data[offset:])
         with open(path, "rb") as f:
             f.seek(offset)
             return f.read(size)
+
+    def wal_size(self, path: Path) -> int:
+        """How many bytes of WAL a file holds: its size, or its decompressed size so far."""
+        if suffix_of(path.name):
+            return len(self._inflated(path).out)
+        return os.stat(path).st_size
+
+    def head(self, path: Path, size: int = LONG_PAGE_HEADER_SIZE) -> bytes:
+        """The first ``size`` bytes of WAL in a file, without decompressing all of it.
+
+        For looking at the long page header of every file of a directory:
+        a compressed file's first few kB are decompressed, not the file.
+        """
+        method = suffix_of(path.name)
+        if not method:
+            with open(path, "rb") as f:
+                return f.read(size)
+        with open(path, "rb") as f:
+            for piece in _HEAD_PIECES:
+                f.seek(0)
+                data = f.read(piece)
+                try:
+                    out = make_decompressor(method).decompress(data)
+                except Exception:  # damaged: whatever decodes is not a header
+                    return b""
+                if len(out) >= size or len(data) < piece:
+                    return out[:size]
+        return self.read(path, 0, size)
 
     def segment_size(self, path: Path) -> int | None:
         """The segment size a file's long page header gives, as pg_waldump finds it.
@@ -118,7 +178,7 @@ class WalReader:
         data: a receiver's newest ``.partial``); ValueError for a size
         PostgreSQL cannot have written.
         """
-        head = self.read(path, 0, LONG_PAGE_HEADER_SIZE)
+        head = self.head(path)
         header = LongPageHeader.parse(head)
         if header is None or not any(head):
             return None
@@ -148,11 +208,61 @@ class WalReader:
     def history_path(self, timeline: int) -> Path:
         return self.path / history_file_name(timeline)
 
-    def _decompressed(self, path: Path) -> bytes:
+    def _inflated(self, path: Path) -> _Inflated:
+        """The file decompressed as far as it goes now (see the module docstring)."""
         st = os.stat(path)
-        cached = self._cache
-        if cached is not None and cached[:3] == (path, st.st_size, st.st_mtime_ns):
-            return cached[3]
-        data = decompress_file(path, suffix_of(path.name))
-        self._cache = (path, st.st_size, st.st_mtime_ns, data)
-        return data
+        cache = self._cache
+        inf = cache.get(path)
+        if inf is not None:
+            cache.move_to_end(path)
+            if (inf.ino, inf.size, inf.mtime_ns) == (st.st_ino, st.st_size, st.st_mtime_ns):
+                return self._checked(path, inf)  # unchanged since brought up to date
+        if (
+            inf is None
+            or inf.ino != st.st_ino
+            or st.st_size < inf.consumed
+            or inf.error is not None
+            or not self._same_tail(path, inf)
+        ):
+            inf = _Inflated(st.st_ino, 0, 0, make_decompressor(suffix_of(path.name)))
+            cache[path] = inf
+        self._inflate(path, inf)
+        inf.size, inf.mtime_ns = st.st_size, st.st_mtime_ns
+        total = sum(len(i.out) for i in cache.values())
+        while len(cache) > 1 and (len(cache) > self._cache_files or total > self._cache_bytes):
+            total -= len(cache.popitem(last=False)[1].out)  # never the one just read: it is last
+        return self._checked(path, inf)
+
+    @staticmethod
+    def _checked(path: Path, inf: _Inflated) -> _Inflated:
+        if inf.error is not None and not path.name.endswith(_PARTIAL):
+            # A completed file never changes: its damage is not a write in progress.
+            raise ValueError(f'could not decompress "{path}": {inf.error}')
+        return inf
+
+    @staticmethod
+    def _same_tail(path: Path, inf: _Inflated) -> bool:
+        """Whether the compressed bytes just before where decompression stopped are unchanged."""
+        if not inf.tail:
+            return True
+        with open(path, "rb") as f:
+            f.seek(inf.consumed - len(inf.tail))
+            return f.read(len(inf.tail)) == inf.tail
+
+    @staticmethod
+    def _inflate(path: Path, inf: _Inflated) -> None:
+        """Decompress what the file holds past ``inf.consumed``."""
+        dec = inf.decompressor
+        with open(path, "rb") as f:
+            f.seek(inf.consumed)
+            while not dec.eof:
+                piece = f.read(_INFLATE_PIECE)
+                if not piece:
+                    break
+                try:
+                    inf.out += dec.decompress(piece)
+                except Exception as e:  # zlib.error, lz4's RuntimeError, zstd's ZstdError
+                    inf.error = str(e) or type(e).__name__
+                    break
+                inf.consumed += len(piece)
+                inf.tail = (inf.tail + piece)[-_TAIL_CHECK:]
