@@ -399,3 +399,17 @@ def test_a_promotion_upstream_ends_the_stream_at_the_switch_point() -> None:
     wal = [e for e in _stream(pipe, f"START_REPLICATION {LSN(SWITCH - SWITCH % SEG)} TIMELINE 2")
            if isinstance(e, XLogData)]  # fmt: skip
     assert wal[-1].data_end == 4 * SEG  # and timeline 2 is served from there
+
+
+def test_a_command_pipelined_before_terminate_still_takes_effect() -> None:
+    """As PostgreSQL reads it: the command runs, the answer has nobody to go to."""
+    shared = core()
+    pipe = Pipe(shared)
+    pipe.login()
+    sql = b"CREATE_REPLICATION_SLOT kept PHYSICAL"
+    query = b"Q" + (4 + len(sql) + 1).to_bytes(4, "big") + sql + b"\0"
+    pipe.session.receive_data(query + pipe.client.terminate(), pipe.now)
+    assert pipe.session.closing
+    slot = shared.slots.get("kept")
+    assert slot is not None
+    assert slot.active_pid is None

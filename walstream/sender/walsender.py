@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from ipaddress import IPv4Address, IPv6Address
 from typing import Final
 
-from walstream.errors import Error, ProtocolViolation
+from walstream.errors import Error, LocalProtocolError, ProtocolViolation
 from walstream.lsn import LSN
 from walstream.pgtypes import datetime_from_pg, parse_bool, pg_time_from_unix
 from walstream.protocol import commands as c
@@ -388,7 +388,15 @@ class WalSenderSession:
         for ev in events:
             if self.closing:
                 break
-            self._handle(ev, now)
+            try:
+                self._handle(ev, now)
+            except LocalProtocolError:
+                if not self.conn.closed:
+                    raise  # our bug
+                # The client pipelined a Terminate after what we were answering:
+                # what the command did is done (a slot created stays), the answer
+                # has nobody to go to.
+                self._close("client closed the connection")
 
     def protocol_violation(self, e: ProtocolViolation) -> None:
         """The client broke the protocol: tell it why (as PostgreSQL does) and hang up."""
