@@ -74,22 +74,34 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Exit status: 0 after --endpos, SIGINT or SIGTERM (clean stop); 1 on a fatal error.",
     )
-    o = p.add_argument_group("Options")
-    o.add_argument(
-        "-D", "--directory", metavar="DIR", help="receive write-ahead log files into this directory"
-    )
-    o.add_argument("-E", "--endpos", metavar="LSN", help="exit after receiving the specified LSN")
-    o.add_argument(
-        "--if-not-exists",
-        action="store_true",
-        help="do not error if slot already exists when creating a slot",
-    )
+    add_receiver_arguments(p, relay=False)
+    add_target_arguments(p)
+    return p
+
+
+def add_receiver_arguments(p: argparse.ArgumentParser, *, relay: bool) -> None:
+    """The receiver's flags; ``relay``: those ``walstream relay`` takes too (it has its own -D)."""
+    o = p.add_argument_group("Receiving options" if relay else "Options")
+    if not relay:
+        o.add_argument(
+            "-D", "--directory", metavar="DIR",
+            help="receive write-ahead log files into this directory",
+        )  # fmt: skip
+        o.add_argument(
+            "-E", "--endpos", metavar="LSN", help="exit after receiving the specified LSN"
+        )
+        o.add_argument(
+            "--if-not-exists",
+            action="store_true",
+            help="do not error if slot already exists when creating a slot",
+        )
     o.add_argument("-n", "--no-loop", action="store_true", help="do not loop on connection lost")
-    o.add_argument(
-        "--no-sync",
-        action="store_true",
-        help="do not wait for changes to be written safely to disk",
-    )
+    if not relay:  # a relay serves only what is durable: it always syncs
+        o.add_argument(
+            "--no-sync",
+            action="store_true",
+            help="do not wait for changes to be written safely to disk",
+        )
     o.add_argument(
         "-s",
         "--status-interval",
@@ -102,10 +114,8 @@ def _parser() -> argparse.ArgumentParser:
     o.add_argument(
         "--synchronous", action="store_true", help="flush write-ahead log immediately after writing"
     )
-    o.add_argument("-v", "--verbose", action="count", default=0, help="output verbose messages")
-    o.add_argument(
-        "-V", "--version", action="store_true", help="output version information, then exit"
-    )
+    if not relay:
+        add_common_arguments(o)
     o.add_argument(
         "-Z",
         "--compress",
@@ -113,7 +123,6 @@ def _parser() -> argparse.ArgumentParser:
         default="none",
         help="compress as specified: gzip[:1-9], lz4[:1-12], zstd[:1-22], none, or a gzip level",
     )
-    o.add_argument("-?", "--help", action="help", help="show this help, then exit")
     c = p.add_argument_group("Connection options")
     c.add_argument(
         "-d",
@@ -138,32 +147,48 @@ def _parser() -> argparse.ArgumentParser:
         help="application_name, as named in synchronous_standby_names",
     )
     a = p.add_argument_group("Optional actions")
-    a.add_argument(
-        "--create-slot",
-        action="store_true",
-        help="create a new replication slot (for the slot's name see --slot), then exit",
-    )
-    a.add_argument(
-        "--drop-slot",
-        action="store_true",
-        help="drop the replication slot (for the slot's name see --slot), then exit",
-    )
+    if not relay:
+        a.add_argument(
+            "--create-slot",
+            action="store_true",
+            help="create a new replication slot (for the slot's name see --slot), then exit",
+        )
+        a.add_argument(
+            "--drop-slot",
+            action="store_true",
+            help="drop the replication slot (for the slot's name see --slot), then exit",
+        )
     a.add_argument(
         "--on-segment-complete",
         metavar="CMD",
         help="run CMD after each completed segment is durable (%%p: path, %%f: file "
         "name, %%%%: a percent sign); running commands are waited for at exit",
     )
-    a.add_argument(
-        "--replay",
-        action="store_true",
-        help="decode and verify received WAL in-process and report its replay (apply) "
-        "position, so synchronous_commit = remote_apply works. Only flushed WAL is "
-        "replayed, as on a standby: with --synchronous that is every batch, otherwise "
-        "each completed segment",
+    if not relay:
+        a.add_argument(
+            "--replay",
+            action="store_true",
+            help="decode and verify received WAL in-process and report its replay (apply) "
+            "position, so synchronous_commit = remote_apply works. Only flushed WAL is "
+            "replayed, as on a standby: with --synchronous that is every batch, otherwise "
+            "each completed segment",
+        )
+
+
+def add_common_arguments(group: argparse._ArgumentGroup) -> None:
+    """-v, -V and -?, as PostgreSQL's programs spell them."""
+    group.add_argument("-v", "--verbose", action="count", default=0, help="output verbose messages")
+    group.add_argument(
+        "-V", "--version", action="store_true", help="output version information, then exit"
     )
-    add_target_arguments(p)
-    return p
+    group.add_argument("-?", "--help", action="help", help="show this help, then exit")
+
+
+def setup_logging(prog: str, verbose: int) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
+        format=f"{prog}: %(message)s",
+    )
 
 
 def _connect_params(args: argparse.Namespace) -> dict[str, str]:
@@ -273,14 +298,7 @@ def _main(argv: list[str] | None) -> int:
     if args.version:
         print(version_line(PROGNAME))
         return 0
-    logging.basicConfig(
-        level=logging.DEBUG
-        if args.verbose > 1
-        else logging.INFO
-        if args.verbose
-        else logging.WARNING,
-        format=f"{PROGNAME}: %(message)s",
-    )
+    setup_logging(PROGNAME, args.verbose)
     params = _connect_params(args)
     if args.password:
         params["password"] = ask_password()

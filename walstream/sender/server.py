@@ -34,6 +34,7 @@ import os
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -48,6 +49,7 @@ from walstream.sender.hba import HbaRules, default_hba_rules, read_hba_file
 from walstream.sender.hostinfo import client_certificate, interface_addresses, peer_user
 from walstream.sender.passwords import Verifier, load_passwords
 from walstream.sender.source import SourceError, WalSource
+from walstream.sender.syncrep import SyncStandbyNamesError, parse_synchronous_standby_names
 from walstream.sender.walsender import (
     ReplicationSlots,
     SenderCore,
@@ -101,6 +103,7 @@ class SenderOptions:
     wal_sender_timeout: float = 60.0
     authentication_timeout: float = 60.0
     poll_interval: float = 0.05
+    synchronous_standby_names: str = ""  # the relay: which clients are synchronous
     source: WalSource | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -199,6 +202,8 @@ class WalSender:
         self._wake = asyncio.Event()
         self.addresses: list[tuple[str, int]] = []  # bound (host, port), port 0 resolved
         self.unix_socket: Path | None = None
+        # Called when a client's positions, feedback or state change (the relay's hook).
+        self.on_progress: Callable[[], None] | None = None
         self._store: SlotStore | None = None
         self._saved_slots: set[str] = set()
         self._dirty_slots: dict[str, Slot] = {}
@@ -212,6 +217,23 @@ class WalSender:
     def notify(self) -> None:
         """The source has more WAL (for a source that says so, as the relay's receiver does)."""
         self._wake.set()
+
+    def synced_positions(self) -> tuple[LSN, LSN, LSN] | None:
+        """What the synchronous clients confirmed (write, flush, apply); None: too few connected."""
+        return None if self._core is None else self._core.synced_positions()
+
+    def oldest_feedback(self) -> tuple[int, int, int, int] | None:
+        """The oldest hot-standby feedback of the clients (xmin, epoch, catalog_xmin, epoch)."""
+        return None if self._core is None else self._core.oldest_feedback()
+
+    def needed(self) -> tuple[list[LSN], list[LSN]]:
+        """What must be kept: every slot's restart_lsn, and every streaming client's position."""
+        core = self._core
+        if core is None:
+            return [], []
+        slots = [s.restart_lsn for s in core.slots if s.restart_lsn is not None]
+        clients = [s.sent for s in list(core.sessions.values()) if s.streaming]
+        return slots, clients
 
     def status(self) -> list[WalSenderStatus]:
         """pg_stat_replication: one row per walsender connection past authentication."""
@@ -279,6 +301,11 @@ class WalSender:
         for warning in hba.warnings(ssl_enabled=self._ssl is not None):
             log.warning("%s", warning)
         interfaces = tuple(interface_addresses()) if hba.needs_interfaces else ()
+        try:
+            sync_config = parse_synchronous_standby_names(o.synchronous_standby_names)
+        except SyncStandbyNamesError as e:
+            detail = f" ({e.detail})" if e.detail else ""
+            raise SenderError(f"{e.message}{detail}") from e
         settings = SenderSettings(
             hba=hba,
             verifiers=verifiers,
@@ -291,6 +318,7 @@ class WalSender:
             client_ca_loaded=client_ca,
             interfaces=interfaces,
             version_text=f"walstream {_version()}",
+            sync_config=sync_config,
         )
         saved: dict[str, LSN | None] = {}
         if o.directory is not None:
@@ -304,7 +332,9 @@ class WalSender:
         slots = ReplicationSlots(
             saved, max_slots=o.max_replication_slots, on_change=self._slot_changed
         )
-        return SenderCore(_SharedSource(self._cache), settings, slots)
+        core = SenderCore(_SharedSource(self._cache), settings, slots)
+        core.on_progress = self.on_progress
+        return core
 
     def _slot_changed(self, name: str, slot: Slot | None) -> None:
         """Keep the slots across restarts: a new or dropped one at once, progress now and then."""

@@ -195,8 +195,18 @@ class DirectorySource:
     disk thread). It reads files only: the receiver owns the directory.
     """
 
-    def __init__(self, path: Path | str, *, rescan_interval: float = 10.0) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        rescan_interval: float = 10.0,
+        durable: Callable[[], int] | None = None,
+    ) -> None:
+        """``durable``: the writer of the directory, in this process, says how far its WAL is
+        durable (the relay's receiver); the ``.partial`` is then not decoded to find the end.
+        """
         self.path = Path(path)
+        self._durable = durable
         self._reader = WalReader(self.path)
         self._rescan_interval = rescan_interval
         self._next_scan = 0.0
@@ -574,6 +584,14 @@ class DirectorySource:
         if better is not None and better[0].timeline != tail.file.timeline:
             self._switch_file(tail, *better)  # a promotion: the child's copy of this segment
             return True
+        if self._durable is not None:
+            # The writer says how far it is durable: nothing to decode or probe.
+            self._end = max(self._end, min(self._durable(), tail.limit))
+            if self._end >= tail.limit:
+                self._close_tail(tail)
+                self._tail = None
+                return True
+            return False
         try:
             changed = self._probe(tail)
             dec = self._decoder

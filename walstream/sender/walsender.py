@@ -52,6 +52,13 @@ from walstream.sender.hba import ConnectionFacts, HbaRules, InterfaceAddress, re
 from walstream.sender.lag import LagTracker
 from walstream.sender.passwords import Verifier
 from walstream.sender.source import SegmentRemoved, SourceError, WalSource
+from walstream.sender.syncrep import (
+    SyncRepConfig,
+    SyncRepStandby,
+    WalSndState,
+    sync_states,
+    synced_positions,
+)
 from walstream.wal.segment import timeline_of
 
 __all__ = [
@@ -83,6 +90,14 @@ class SessionState(enum.Enum):
     CLOSED = "closed"
 
 
+_WALSND_STATES: Final[dict[SessionState, WalSndState]] = {
+    SessionState.STARTUP: "startup",
+    SessionState.CATCHUP: "catchup",
+    SessionState.STREAMING: "streaming",
+    SessionState.STOPPING: "stopping",
+}
+
+
 @dataclass(frozen=True)
 class SenderSettings:
     """How the sender answers: its pg_hba, roles, limits and timeouts."""
@@ -98,6 +113,9 @@ class SenderSettings:
     client_ca_loaded: bool = False
     interfaces: tuple[InterfaceAddress, ...] = ()
     version_text: str = "walstream"  # appended to server_version: "16.0 (walstream 0.2)"
+    # synchronous_standby_names (the relay): which clients are synchronous, and
+    # what they confirmed is what the relay may confirm upstream.
+    sync_config: SyncRepConfig | None = None
 
 
 # -- replication slots ---------------------------------------------------------
@@ -223,9 +241,59 @@ class SenderCore:
         self.source = source
         self.settings = settings
         self.slots = slots
-        self.sessions: dict[int, WalSenderSession] = {}  # authenticated walsenders, by pid
+        self.sessions: dict[int, WalSenderSession] = {}  # walsenders (past the startup packet)
         self._next_pid = first_pid
         self.stopping = False  # shutting down: streams end once caught up
+        # Called when a client's reported positions, feedback or state change
+        # (the relay recomputes what it confirms upstream).
+        self.on_progress: Callable[[], None] | None = None
+
+    def progressed(self) -> None:
+        if self.on_progress is not None:
+            self.on_progress()
+
+    def slot_index(self) -> int:
+        """The lowest free walsender slot, as PostgreSQL gives a new walsender (ties in FIRST)."""
+        taken = {s.index for s in self.sessions.values()}
+        return next(i for i in range(len(taken) + 1) if i not in taken)
+
+    def _sync_standbys(self) -> list[SyncRepStandby]:
+        config = self.settings.sync_config
+        rows = []
+        for s in sorted(self.sessions.values(), key=lambda s: s.index):
+            state = _WALSND_STATES.get(s.state)
+            if state is None:
+                continue  # not a walsender yet (authenticating), or gone
+            write, flush, apply = s.positions
+            priority = config.priority(s.application_name) if config else 0
+            rows.append(SyncRepStandby(s.index, state, priority, write, flush, apply))
+        return rows
+
+    def sync_states(self) -> dict[int, tuple[int, str]]:
+        """pg_stat_replication's (sync_priority, sync_state) of each walsender, by index."""
+        standbys = self._sync_standbys()
+        rows = sync_states(self.settings.sync_config, standbys)
+        return {s.index: row for s, row in zip(standbys, rows, strict=True)}
+
+    def synced_positions(self) -> tuple[LSN, LSN, LSN] | None:
+        """Write, flush, apply the synchronous standbys confirmed (None: too few of them)."""
+        return synced_positions(self.settings.sync_config, self._sync_standbys())
+
+    def oldest_feedback(self) -> tuple[int, int, int, int] | None:
+        """The oldest xmin and catalog_xmin (with epochs) the clients reported, None if none."""
+        xmins = []
+        catalog = []
+        for s in self.sessions.values():
+            xmin, epoch, cxmin, cepoch = s.feedback
+            if xmin:
+                xmins.append((epoch, xmin))
+            if cxmin:
+                catalog.append((cepoch, cxmin))
+        if not xmins and not catalog:
+            return None
+        oldest = min(xmins) if xmins else (0, 0)
+        oldest_catalog = min(catalog) if catalog else (0, 0)
+        return oldest[1], oldest[0], oldest_catalog[1], oldest_catalog[0]
 
     def new_pid(self) -> int:
         """A distinct, stable id per connection (BackendKeyData; temporary slot names use it)."""
@@ -347,6 +415,7 @@ class WalSenderSession:
         self.conn = ServerConnection()
         self.peer = _Peer(address, port, peer_user)
         self.pid = core.new_pid()
+        self.index = 0  # the walsender slot, once registered
         self.state = SessionState.CONNECTING
         self.user = ""
         self.application_name = ""
@@ -461,6 +530,11 @@ class WalSenderSession:
         return out
 
     @property
+    def sent(self) -> LSN:
+        """sentPtr: where the next XLogData would start (the WAL this client still needs)."""
+        return self._sent
+
+    @property
     def streaming(self) -> bool:
         return self._stream is not None and not self._stream.done_sending
 
@@ -486,6 +560,8 @@ class WalSenderSession:
         def seconds(usecs: int | None) -> float | None:
             return None if usecs is None else usecs / 1_000_000
 
+        sync = self.core.sync_states().get(self.index, (0, "async"))
+
         return WalSenderStatus(
             pid=self.pid,
             usename=self.user,
@@ -502,8 +578,8 @@ class WalSenderSession:
             write_lag=seconds(lag.write_lag),
             flush_lag=seconds(lag.flush_lag),
             replay_lag=seconds(lag.replay_lag),
-            sync_priority=0,
-            sync_state="async",
+            sync_priority=sync[0],
+            sync_state=sync[1],
             reply_time=None if p.reply_time is None else datetime_from_pg(p.reply_time),
             slot_name=None if self._stream_slot is None else self._stream_slot.name,
         )
@@ -544,6 +620,7 @@ class WalSenderSession:
             p = self._positions
             p.xmin, p.xmin_epoch = ev.xmin, ev.xmin_epoch
             p.catalog_xmin, p.catalog_xmin_epoch = ev.catalog_xmin, ev.catalog_xmin_epoch
+            self.core.progressed()
         elif isinstance(ev, m.CopyDone):
             self._client_copy_done(now)
         elif isinstance(ev, m.Terminate | ConnectionClosed):
@@ -595,6 +672,7 @@ class WalSenderSession:
                 f"(currently {settings.max_wal_senders})",
             )
             return
+        self.index = self.core.slot_index()
         self.core.sessions[self.pid] = self
         self._registered = True
         line = settings.hba.match(facts, settings.interfaces)
@@ -873,6 +951,7 @@ class WalSenderSession:
                 self._caught_up = True
                 if self.state is SessionState.CATCHUP:
                     self.state = SessionState.STREAMING
+                    self.core.progressed()
             if stream.end is not None:
                 # The end of a historic timeline: CopyDone, then the next
                 # timeline's row once the client's CopyDone comes.
@@ -935,6 +1014,7 @@ class WalSenderSession:
         self._lag.reply(ev.write, ev.flush, ev.apply, sent=self._sent, now=self._pg_time(now))
         if self._stream_slot is not None:
             self.core.slots.confirm(self._stream_slot, ev.flush)
+        self.core.progressed()
         if ev.reply_requested:
             self._keepalive(now, reply_requested=False)
 
@@ -989,10 +1069,11 @@ class WalSenderSession:
             self._stream_slot = None
         self.core.slots.drop_temporary(self.pid)
         self._stream = None
+        self.state = SessionState.CLOSED
         if self._registered:
             del self.core.sessions[self.pid]
             self._registered = False
-        self.state = SessionState.CLOSED
+            self.core.progressed()
 
     def _pg_time(self, now: float) -> int:
         """PostgreSQL microseconds for the monotonic ``now``.
