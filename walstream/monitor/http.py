@@ -48,6 +48,7 @@ _REASONS: Final = {
 }
 _ALLOWED: Final = "GET, HEAD"
 _MAX_HEADER_LINES: Final = 100
+_LINGER_BYTES: Final = 1024 * 1024  # read and dropped after the answer, at most
 
 
 class MonitorError(Error):
@@ -128,7 +129,8 @@ class MonitorServer:
         task = asyncio.current_task()
         assert task is not None
         if len(self._handlers) >= self.max_connections:
-            # No reading, no waiting: the answer fits in the socket buffer.
+            # No reading, no waiting: the answer fits in the socket buffer
+            # (the client may see a reset instead, its request being unread).
             writer.write(_response(503, "text/plain", b"too many connections\n"))
             writer.close()
             return
@@ -137,6 +139,10 @@ class MonitorServer:
             await self._serve(reader, writer)
         except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
             pass  # the client went away, or would not take the answer in time
+        except asyncio.CancelledError:
+            # close() ends the connections this way; let the task end plainly
+            # (Python 3.11's start_server logs a cancelled handler as an error).
+            pass
         finally:
             self._handlers.discard(task)
             # Closed already once the answer is out; otherwise (a client gone,
@@ -148,12 +154,12 @@ class MonitorServer:
             async with asyncio.timeout(self.read_timeout):
                 method, path = await self._read_head(reader)
         except TimeoutError:
-            await self._send(writer, _response(408, "text/plain", b"request timeout\n"))
+            await self._send(reader, writer, _response(408, "text/plain", b"request timeout\n"))
             return
         except _Refused as e:
             body = f"{e}\n".encode()
             extra = (("Allow", _ALLOWED),) if e.code == 405 else ()
-            await self._send(writer, _response(e.code, "text/plain", body, extra=extra))
+            await self._send(reader, writer, _response(e.code, "text/plain", body, extra=extra))
             return
         head_only = method == "HEAD"
         try:
@@ -165,13 +171,13 @@ class MonitorServer:
                 content_type = status.CONTENT_TYPE
             else:
                 body = b"not found: try /metrics or /status\n"
-                await self._send(writer, _response(404, "text/plain", body, head=head_only))
+                await self._send(reader, writer, _response(404, "text/plain", body, head=head_only))
                 return
         except Exception:
             log.exception("collecting the status for %s failed", path)
-            await self._send(writer, _response(500, "text/plain", b"internal error\n"))
+            await self._send(reader, writer, _response(500, "text/plain", b"internal error\n"))
             return
-        await self._send(writer, _response(200, content_type, body, head=head_only))
+        await self._send(reader, writer, _response(200, content_type, body, head=head_only))
 
     async def _read_head(self, reader: asyncio.StreamReader) -> tuple[str, str]:
         """The request line's method and path; the header lines are read and ignored."""
@@ -202,12 +208,30 @@ class MonitorServer:
             raise _Refused(405, f"method {method} not allowed: {_ALLOWED}")
         return method, target.split("?", 1)[0]
 
-    async def _send(self, writer: asyncio.StreamWriter, data: bytes) -> None:
+    async def _send(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes
+    ) -> None:
+        """Write the answer, end our side, and close once the client has ended its own.
+
+        A lingering close, as web servers do it: closing with the client's
+        bytes unread (a refused head, a request body) makes the kernel reset
+        the connection, and a reset can destroy the answer before the client
+        reads it. What the client still sends is read and dropped, up to
+        _LINGER_BYTES and under the same deadline as the request; a client
+        that does not read the answer is cut off at it (TimeoutError).
+        """
         writer.write(data)
-        # Closing flushes the answer first; a client that does not read it is
-        # cut off at the same deadline as a slow request (TimeoutError).
-        writer.close()
+        if writer.can_write_eof():
+            writer.write_eof()
         async with asyncio.timeout(self.read_timeout):
+            await writer.drain()
+            dropped = 0
+            while dropped < _LINGER_BYTES:
+                chunk = await reader.read(65536)
+                if not chunk:
+                    break
+                dropped += len(chunk)
+            writer.close()
             await writer.wait_closed()
 
 
