@@ -113,7 +113,7 @@ class WalEndClock:
         """Seconds since WAL past ``stored`` was first known to exist (0 when caught up)."""
         if stored >= wal_end:
             return 0.0
-        for end, seen in self._samples:
+        for end, seen in list(self._samples):  # a copy: a monitoring thread may ask
             if end > stored:
                 return max(0.0, now - seen)
         if self.tail_end > stored:
