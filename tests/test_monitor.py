@@ -425,6 +425,19 @@ async def test_garbage_is_a_bad_request(
     assert (await get(port, "/metrics"))[0] == 200
 
 
+async def test_a_bad_request_line_is_answered_before_the_head_ends(
+    served: Callable[..., MonitorServer],
+) -> None:
+    server = served(read_timeout=600)
+    await server.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.addresses[0][1])
+    writer.write(b"\x00\x01garbage\r\nX-More: ")  # the head goes on, never ending
+    try:
+        assert (await asyncio.wait_for(reader.read(), 30)).startswith(b"HTTP/1.1 400 ")
+    finally:
+        writer.close()
+
+
 async def test_a_huge_head_is_refused_without_reading_it_all(
     served: Callable[..., MonitorServer],
 ) -> None:

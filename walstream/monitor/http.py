@@ -180,9 +180,14 @@ class MonitorServer:
         await self._send(reader, writer, _response(200, content_type, body, head=head_only))
 
     async def _read_head(self, reader: asyncio.StreamReader) -> tuple[str, str]:
-        """The request line's method and path; the header lines are read and ignored."""
+        """The request line's method and path; the header lines are read and ignored.
+
+        The request line is judged as soon as it is in: garbage is answered
+        without waiting for the rest of a head that may never come.
+        """
         budget = self.max_request_bytes
-        lines: list[bytes] = []
+        request: tuple[str, str] | None = None
+        lines = 0
         while True:
             try:
                 line = await reader.readline()
@@ -191,22 +196,20 @@ class MonitorServer:
             if not line.endswith(b"\n"):
                 raise asyncio.IncompleteReadError(line, None)  # closed mid-request
             budget -= len(line)
-            if budget < 0 or len(lines) > _MAX_HEADER_LINES:
+            lines += 1
+            if budget < 0 or lines > _MAX_HEADER_LINES:
                 raise _Refused(431, "request head too large")
             if line in (b"\r\n", b"\n"):
-                if lines:
+                if request is not None:
                     break
                 continue  # RFC 9112: empty lines before the request line are ignored
-            lines.append(line)
-        try:
-            method, target, version = lines[0].decode("ascii").rstrip("\r\n").split(" ")
-        except (UnicodeDecodeError, ValueError):
-            raise _Refused(400, "not an HTTP/1.x request") from None
-        if not version.startswith("HTTP/1.") or not target.startswith("/") or not method:
-            raise _Refused(400, "not an HTTP/1.x request")
+            if request is None:
+                request = _request_line(line)
+        assert request is not None  # the loop ends only after it
+        method, path = request
         if method not in ("GET", "HEAD"):
             raise _Refused(405, f"method {method} not allowed: {_ALLOWED}")
-        return method, target.split("?", 1)[0]
+        return method, path
 
     async def _send(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes
@@ -247,6 +250,17 @@ def _http_date(unix: float) -> str:
         f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
         f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} GMT"
     )
+
+
+def _request_line(line: bytes) -> tuple[str, str]:
+    """``METHOD /path[?query] HTTP/1.x``: the method and the path; 400 for anything else."""
+    try:
+        method, target, version = line.decode("ascii").rstrip("\r\n").split(" ")
+    except (UnicodeDecodeError, ValueError):
+        raise _Refused(400, "not an HTTP/1.x request") from None
+    if not version.startswith("HTTP/1.") or not target.startswith("/") or not method.isalpha():
+        raise _Refused(400, "not an HTTP/1.x request")
+    return method, target.split("?", 1)[0]
 
 
 def _hostport(host: str, port: int) -> str:
