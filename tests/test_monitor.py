@@ -575,3 +575,33 @@ async def test_a_taken_port_is_an_error_at_start(served: Callable[..., MonitorSe
     await first.start()
     with pytest.raises(MonitorError, match="could not listen for HTTP"):
         await served(port=first.addresses[0][1]).start()
+
+
+# -- a real walsender session's row ---------------------------------------------------------
+
+
+def test_a_walsender_sessions_row_in_metrics_and_status() -> None:
+    """The sans-IO walsender streaming in memory (tests/test_sender_session.py's pipe)."""
+    from walstream.protocol.replication import XLogData
+
+    from .test_sender_session import SEG as SESSION_SEG
+    from .test_sender_session import MemorySource, Pipe, _stream, core
+
+    pipe = Pipe(core(MemorySource(3 * SESSION_SEG + 5000)))
+    pipe.login(application_name='odd "name"\\')
+    sent = [e for e in _stream(pipe, "START_REPLICATION 0/200000 TIMELINE 1")
+            if isinstance(e, XLogData)]  # fmt: skip
+    row = pipe.session.status(0)
+    assert row.bytes_sent == sum(len(e.data) for e in sent) == SESSION_SEG + 5000
+    families = parse(m.render(Snapshot(taken_at=NOW, clients=(row,))))
+    labels = {"application_name": 'odd "name"\\', "pid": str(row.pid), "client_addr": "127.0.0.1"}
+    assert value(families, "walstream_client_sent_lsn_bytes", **labels) == 3 * SESSION_SEG + 5000
+    assert value(families, "walstream_client_sent_bytes_total", **labels) == row.bytes_sent
+    assert value(families, "walstream_client_state", state="streaming", **labels) == 1
+    assert value(families, "walstream_client_sync_state", sync_state="async", **labels) == 1
+    assert "walstream_client_flush_lsn_bytes" not in {
+        x.name for f in families.values() for x in f.samples
+    }  # no reply yet: NULL in pg_stat_replication, no series here
+    (doc,) = json.loads(s.render(Snapshot(taken_at=NOW, clients=(row,))))["clients"]
+    assert doc["sent_lsn"] == "0/301388"  # 3 MB + 5000, as PostgreSQL 15 writes an LSN
+    assert (doc["flush_lsn"], doc["state"], doc["client_port"]) == (None, "streaming", 5555)
