@@ -9,6 +9,7 @@ including by clients that misbehave.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -467,11 +468,12 @@ async def test_slow_and_silent_clients_are_cut_off_and_others_served(
     loris[1].write(b"GET /metrics HTTP/1.1\r\n")
 
     async def drip() -> None:
-        # A header byte every 50 ms, never the end of the head.
-        for _ in range(400):
-            loris[1].write(b"X")
-            await loris[1].drain()
-            await asyncio.sleep(0.05)
+        # A header byte every 50 ms, never the end of the head, until the server hangs up.
+        with contextlib.suppress(ConnectionError):
+            while True:
+                loris[1].write(b"X")
+                await loris[1].drain()
+                await asyncio.sleep(0.05)
 
     dripping = asyncio.ensure_future(drip())
     try:
@@ -480,7 +482,6 @@ async def test_slow_and_silent_clients_are_cut_off_and_others_served(
         for reader, _ in (silent, loris):
             raw = await asyncio.wait_for(reader.read(), 30)  # the server ended it
             assert raw == b"" or raw.startswith(b"HTTP/1.1 408 "), raw[:80]
-        assert not dripping.done()  # cut off long before its head could end
     finally:
         dripping.cancel()
         for _, writer in (silent, loris):
@@ -494,7 +495,7 @@ async def test_connection_flood_is_bounded(served: Callable[..., MonitorServer])
     port = server.addresses[0][1]
     idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4)]
     try:
-        for _ in range(100):  # let the server take them
+        for _ in range(3000):  # let the server take them
             if len(server._handlers) == 4:
                 break
             await asyncio.sleep(0.01)
@@ -506,7 +507,7 @@ async def test_connection_flood_is_bounded(served: Callable[..., MonitorServer])
     finally:
         for _, writer in idle:
             writer.close()
-    for _ in range(100):  # the idle ones' handlers end as their sockets close
+    for _ in range(3000):  # the idle ones' handlers end as their sockets close
         if len(server._handlers) == 0:
             break
         await asyncio.sleep(0.01)
@@ -524,7 +525,7 @@ async def test_a_client_that_does_not_read_a_big_answer_is_dropped(
     writer.transport.pause_reading()  # never takes the ~10 MB answer  # type: ignore[attr-defined]
     writer.write(b"GET /metrics HTTP/1.1\r\n\r\n")
     try:
-        for _ in range(1000):
+        for _ in range(3000):
             if not server._handlers:
                 break
             await asyncio.sleep(0.01)
