@@ -20,7 +20,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("sans-IO", {"walstream.protocol", "walstream.wal"}),
     ("storage and client", {"walstream.storage", "walstream.client"}),
     ("roles", {"walstream.receiver", "walstream.startup", "walstream.sender"}),
-    ("compositions", {"walstream.standby", "walstream.relay"}),
+    ("compositions", {"walstream.standby", "walstream.relay", "walstream.monitor"}),
     ("edges", {"walstream.cli", "walstream.demo", "walstream.embedded", "walstream"}),
 ]
 # Side by side, never importing one another: what two of them share lives below.

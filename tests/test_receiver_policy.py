@@ -145,3 +145,30 @@ def test_without_synchronous_a_write_waits_for_the_interval() -> None:
     p.poll(0.0, 0.0)
     p.wrote(START + 100)
     assert p.deadline(1.0) == 10.0
+
+
+def test_the_lag_in_seconds_runs_from_when_the_servers_end_was_first_seen() -> None:
+    p = policy(synchronous=True)
+    p.take([wal(START, 100, wal_end=START + 500)], now=10.0)
+    p.accept(START + 100)
+    assert p.lag_seconds(12.5) == 2.5  # nothing stored yet
+    p.written(START + 100, START + 100)
+    assert p.lag_seconds(12.5) == 2.5  # WAL past it was known at 10.0
+    p.take([wal(START + 100, 400, wal_end=START + 500)], now=13.0)  # the same end: no sample
+    p.accept(START + 500)
+    p.written(START + 500, START + 500)
+    assert p.lag_seconds(14.0) == 0.0  # caught up
+    p.take([keepalive(START + 900, False)], now=20.0)
+    assert p.lag_seconds(21.0) == 1.0
+    p.rewind(START + 500)  # a fork: what the old timeline said is forgotten
+    assert p.lag_seconds(21.0) == 0.0
+
+
+def test_without_sync_the_lag_is_of_what_is_written() -> None:
+    p = ReceivePolicy(interval=10.0, report_flush=False, synchronous=False, stores_by_flush=False)
+    p.seg_size = SEG
+    p.restart(START)
+    p.take([wal(START, 100, wal_end=START + 100)], now=5.0)
+    p.accept(START + 100)
+    p.written(START + 100, 0)  # nothing ever fsynced
+    assert (p.stored, p.lag_seconds(9.0)) == (START + 100, 0.0)

@@ -29,6 +29,7 @@ from walstream.cli.args import (
     run_loop,
     version_line,
 )
+from walstream.cli.http import add_http_argument, serving_http
 from walstream.cli.recovery_target import add_target_arguments, target_from_arguments
 from walstream.client import connect
 from walstream.errors import AuthenticationError, Error, ServerError
@@ -123,6 +124,7 @@ def add_receiver_arguments(p: argparse.ArgumentParser, *, relay: bool) -> None:
         default="none",
         help="compress as specified: gzip[:1-9], lz4[:1-12], zstd[:1-22], none, or a gzip level",
     )
+    add_http_argument(o)
     c = p.add_argument_group("Connection options")
     c.add_argument(
         "-d",
@@ -354,12 +356,12 @@ def _main(argv: list[str] | None) -> int:
     except (ValueError, Error) as e:
         return fail(str(e))
     replay = _Replay(args.replay, target if target.is_set else None)
-    rc = run_loop(_run_cli(options, replay, may_ask=may_ask))
+    rc = run_loop(_run_cli(options, replay, may_ask=may_ask, http=args.http))
     if rc is None:  # the first connection needs a password: nothing was received yet
         options = dataclasses.replace(
             options, connect_params={**options.connect_params, "password": ask_password()}
         )
-        rc = run_loop(_run_cli(options, replay, may_ask=False))
+        rc = run_loop(_run_cli(options, replay, may_ask=False, http=args.http))
     assert rc is not None
     return rc
 
@@ -395,7 +397,11 @@ class _Replay:
 
 
 async def _run_cli(
-    options: ReceiverOptions, replay: _Replay, *, may_ask: bool = False
+    options: ReceiverOptions,
+    replay: _Replay,
+    *,
+    may_ask: bool = False,
+    http: tuple[str, int] | None = None,
 ) -> int | None:
     """The exit code; None when the first connection wants a password we may ask for."""
     _keep_heap()
@@ -419,7 +425,8 @@ async def _run_cli(
         loop.add_signal_handler(sig, interrupted)
     try:
         try:
-            await service.run()
+            async with serving_http(http, receiver=receiver):
+                await service.run()
         finally:
             await _wait_for_hooks()
     except (Error, OSError) as e:

@@ -48,6 +48,7 @@ from walstream.protocol.replication import XLogData
 from walstream.receiver.policy import ReceivePolicy
 from walstream.storage.compression import Compression
 from walstream.storage.directory import DirectoryMismatch, WalDirectory
+from walstream.storage.latency import LatencyHistogram
 from walstream.wal.segment import parse_history, parse_size_setting, segment_start
 
 __all__ = ["ReceiverError", "ReceiverOptions", "ReceiverStatus", "WalConsumer", "WalReceiver"]
@@ -117,6 +118,11 @@ class ReceiverStatus:
     bytes_per_second: float  # over the last 2 s; 0 when nothing arrived in them
     segments_completed: int
     synced: bool = True  # False with sync off (--no-sync): nothing is made durable
+    # How long WAL past what is stored has existed, as first seen here (a
+    # lower bound: the one-way network delay is not in it); 0 when caught up.
+    lag_seconds: float = 0.0
+    bytes_received: int = 0  # WAL bytes received since start (a segment resent counts again)
+    errors: int = 0  # connection, protocol and server errors, retried or fatal
 
     @property
     def lag_bytes(self) -> int:
@@ -167,7 +173,12 @@ class WalReceiver:
             report_flush=options.sync and (options.synchronous or options.slot is not None),
             synchronous=options.synchronous,
             endpos=options.endpos,
+            stores_by_flush=options.sync,
         )
+        # Each fsync of the directory, timed by the disk layer (for monitoring).
+        self.fsync_latency = LatencyHistogram()
+        self._bytes_received = 0
+        self._errors = 0
         self._state = "connecting"
         self._host: str | None = None
         self._timeline: int | None = None
@@ -197,6 +208,7 @@ class WalReceiver:
     # -- public API ---------------------------------------------------------
 
     def status(self) -> ReceiverStatus:
+        now = time.monotonic()
         return ReceiverStatus(
             state=self._state,
             host=self._host,
@@ -205,9 +217,12 @@ class WalReceiver:
             flush=self.policy.flush,
             apply=self.policy.apply,
             server_wal_end=self.policy.server_wal_end,
-            bytes_per_second=self._rate(time.monotonic()),
+            bytes_per_second=self._rate(now),
             segments_completed=self._segments_completed,
             synced=self.options.sync,
+            lag_seconds=self.policy.lag_seconds(now),
+            bytes_received=self._bytes_received,
+            errors=self._errors,
         )
 
     def stop(self) -> None:
@@ -286,6 +301,7 @@ class WalReceiver:
                     if done:
                         return
                 except (ConnectError, ProtocolViolation, ServerError) as e:
+                    self._errors += 1
                     if isinstance(e, ServerError) and e.sqlstate in _FATAL_SQLSTATES:
                         raise
                     if not self._connected or not self.options.loop:
@@ -464,6 +480,7 @@ class WalReceiver:
             system_identifier=systemid,
             on_segment_complete=self._segment_completed,
             synchronous=self.options.synchronous,
+            fsync_latency=self.fsync_latency,
         )
         return self._directory
 
@@ -534,7 +551,7 @@ class WalReceiver:
             # a small batch, written and fsynced in place (see _write_now).
             if self._stop.is_set():
                 return False
-            batch = policy.take(events)
+            batch = policy.take(events, time.monotonic())
             if not batch.chunks and policy.flush_before_reply(batch, self._unflushed(directory)):
                 return False  # answered after a flush: the loop below
             # (With WAL in the batch, _write_now fsyncs everything before the reply.)
@@ -561,7 +578,7 @@ class WalReceiver:
                     await self._flush(directory)
                     await stream.end()
                     return "stopped"
-                batch = policy.take(events)
+                batch = policy.take(events, time.monotonic())
                 if batch.chunks:
                     await self._write(directory, batch.chunks, timeline)
                 if policy.flush_before_reply(batch, self._unflushed(directory)):
@@ -636,7 +653,9 @@ class WalReceiver:
         A consumer (the startup role) decodes while the batch is written and
         fsynced; it acts on the records once they are durable (the offer in _written).
         """
-        self.policy.accept(chunks[-1].data_end)
+        end = chunks[-1].data_end
+        self.policy.accept(end)
+        self._bytes_received += end - chunks[0].data_start  # contiguous: checked by take()
         self._offer(chunks)
 
     def _wrote(self, end: LSN) -> None:

@@ -360,6 +360,7 @@ class WalSenderStatus:
     sync_state: str
     reply_time: datetime | None
     slot_name: str | None
+    bytes_sent: int = 0  # WAL bytes sent on this connection (not in pg_stat_replication)
 
 
 # -- one connection ---------------------------------------------------------------
@@ -582,6 +583,7 @@ class WalSenderSession:
             sync_state=sync[1],
             reply_time=None if p.reply_time is None else datetime_from_pg(p.reply_time),
             slot_name=None if self._stream_slot is None else self._stream_slot.name,
+            bytes_sent=self.bytes_sent,
         )
 
     @property

@@ -12,7 +12,8 @@ can resume a directory the other wrote:
 * fsync rules: a new file and its directory after creation; at completion
   the file, the rename, the new name and the directory (``durable_rename``);
   on close without rename the file and the directory; ``--no-sync`` does
-  none of it.
+  none of it. Each ``fsync(2)`` is timed into ``fsync_latency`` when the
+  caller gives one (:mod:`~walstream.storage.latency`, for monitoring).
 
 Where pg_receivewal is fragile, this module is not: a ``.partial`` left short
 by a crash during pre-padding is padded again instead of failing forever; a
@@ -36,6 +37,7 @@ import errno
 import logging
 import os
 import struct
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +51,7 @@ from walstream.storage.compression import (
     decompress_file,
     make_compressor,
 )
+from walstream.storage.latency import LatencyHistogram
 from walstream.wal.segment import (
     LONG_PAGE_HEADER_SIZE,
     LongPageHeader,
@@ -129,6 +132,7 @@ class WalDirectory:
         system_identifier: int | None = None,
         on_segment_complete: Callable[[Path, int, int], None] | None = None,
         synchronous: bool = False,
+        fsync_latency: LatencyHistogram | None = None,
     ) -> None:
         self.path = Path(path)
         self.seg_size = check_seg_size(seg_size)
@@ -137,6 +141,8 @@ class WalDirectory:
         self.file_mode = file_mode
         self.system_identifier = system_identifier
         self.on_segment_complete = on_segment_complete
+        # Every fsync(2) of a file or of the directory is timed into it (monitoring).
+        self.fsync_latency = fsync_latency
         # How the zeros of a new segment get there (the bytes are the same):
         # fallocate where fsyncs are rare, written zeros when the caller
         # fsyncs after every small write (--synchronous), where writing into
@@ -323,7 +329,7 @@ class WalDirectory:
                 os.fchmod(fd, self.file_mode)
                 _write_all(fd, compressor.start())
             if self.sync_enabled:
-                os.fsync(fd)
+                self._fsync(fd)
                 self._fsync_dir()
         except OSError as e:
             if fd >= 0:
@@ -436,7 +442,7 @@ class WalDirectory:
             if seg.compressor is not None:
                 _write_all(seg.fd, seg.compressor.finish())
             if self.sync_enabled:
-                os.fsync(seg.fd)
+                self._fsync(seg.fd)
         finally:
             os.close(seg.fd)
 
@@ -449,7 +455,7 @@ class WalDirectory:
             try:
                 if seg.compressor is not None:
                     _write_all(seg.fd, seg.compressor.flush())
-                os.fsync(seg.fd)
+                self._fsync(seg.fd)
                 self._replace_if_caught_up(seg, ended=False)
             except OSError as e:
                 raise self._disk_error("could not fsync file", seg.path, e) from e
@@ -504,7 +510,7 @@ class WalDirectory:
                 os.fchmod(fd, self.file_mode)
                 _write_all(fd, data)
                 if self.sync_enabled:
-                    os.fsync(fd)
+                    self._fsync(fd)
             finally:
                 os.close(fd)
             os.rename(tmp, final)
@@ -524,18 +530,27 @@ class WalDirectory:
             log.warning('could not decompress "%s": %s', path, e)
             return -1
 
-    @staticmethod
-    def _fsync_file(path: Path) -> None:
+    def _fsync(self, fd: int) -> None:
+        """fsync(2), timed into :attr:`fsync_latency` when there is one."""
+        histogram = self.fsync_latency
+        if histogram is None:
+            os.fsync(fd)
+            return
+        started = time.perf_counter()
+        os.fsync(fd)
+        histogram.observe(time.perf_counter() - started)
+
+    def _fsync_file(self, path: Path) -> None:
         fd = os.open(path, os.O_RDONLY)
         try:
-            os.fsync(fd)
+            self._fsync(fd)
         finally:
             os.close(fd)
 
     def _fsync_dir(self) -> None:
         fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            os.fsync(fd)
+            self._fsync(fd)
         finally:
             os.close(fd)
 
