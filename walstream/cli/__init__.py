@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "startup": (_command("walstream.cli.startup"), "decode, verify and track replay of WAL"),
     "waldump": (_command("walstream.cli.waldump"), "decode WAL like pg_waldump (--json, --stats)"),
     "send": (_command("walstream.cli.send"), "serve WAL from a directory to standbys"),
+    "relay": (_command("walstream.cli.relay"), "receive from a primary and serve what is durable"),
     "passwd": (_command("walstream.cli.passwd"), "a --passwords line for walstream send"),
 }
 

@@ -215,7 +215,11 @@ def _connect_params(args: argparse.Namespace) -> dict[str, str]:
 _hook_tasks: set[asyncio.Future[None]] = set()  # keeps running hook commands referenced
 
 
-def _segment_hook(command: str) -> Callable[[Path], None]:
+def _segment_hook(
+    command: str, *, on_success: Callable[[Path], None] | None = None
+) -> Callable[[Path], None]:
+    """--on-segment-complete's runner; ``on_success`` hears of each command that exited 0."""
+
     def run(path: Path) -> None:
         # One pass, as archive_command's: %p and %f (shell-quoted), %% a percent sign.
         values = {"%p": shlex.quote(str(path)), "%f": shlex.quote(path.name), "%%": "%"}
@@ -226,6 +230,8 @@ def _segment_hook(command: str) -> Callable[[Path], None]:
             rc = await proc.wait()
             if rc != 0:
                 log.warning("--on-segment-complete command failed with exit code %d: %s", rc, cmd)
+            elif on_success is not None:
+                on_success(path)
 
         task = asyncio.ensure_future(spawn())
         _hook_tasks.add(task)
