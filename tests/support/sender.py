@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 from walstream.lsn import LSN
 
@@ -101,3 +104,33 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+class RelayProcess(SenderProcess):
+    """``python -m walstream.relay`` from a primary: served on a port, its /status on another."""
+
+    def __init__(self, directory: Path, conninfo: str, *args: str, port: int | None = None) -> None:
+        super().__init__(directory, *args, port=port)
+        self.conninfo_upstream = conninfo
+        self.http = free_port()
+
+    def start(self) -> RelayProcess:
+        cmd = [sys.executable, "-m", "walstream.relay", "-D", str(self.directory),
+               "-d", self.conninfo_upstream, "--listen", f"127.0.0.1:{self.port}",
+               "--http", f"127.0.0.1:{self.http}", "-v", *self.args]  # fmt: skip
+        with open(self.log, "a") as log:
+            self.proc = subprocess.Popen(cmd, stderr=log, stdout=log, text=True)
+        deadline = time.monotonic() + 60
+        while True:  # serving once the primary's first WAL is there
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return self
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the relay did not start:\n{self.log_text()}") from None
+                time.sleep(0.05)
+
+    def status(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/status", timeout=10) as r:
+            status: dict[str, Any] = json.load(r)
+        return status
