@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 
+from walstream.cli.args import PgArgumentParser
 from walstream.client import connect
 from walstream.errors import Error
 
@@ -14,7 +14,7 @@ __all__ = ["main"]
 
 def main(argv: list[str] | None = None) -> int:
     """Connect like a standby would and print what IDENTIFY_SYSTEM says."""
-    parser = argparse.ArgumentParser(
+    parser = PgArgumentParser(
         prog="walstream identify",
         description="Open a physical replication connection and print IDENTIFY_SYSTEM.",
     )

@@ -17,6 +17,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from walstream.cli.args import PgArgumentParser
 from walstream.cli.recovery_target import add_target_arguments, target_from_arguments
 from walstream.errors import Error
 from walstream.lsn import LSN
@@ -26,8 +27,8 @@ __all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m walstream.startup",
+    parser = PgArgumentParser(
+        prog="walstream startup",
         description="Replay the WAL of a walstream or pg_receivewal directory the way a "
         "standby's startup process does, without page redo: decode and CRC-verify every "
         "record in LSN order across timelines, track the replay position, the last "

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from walstream.cli.args import PgArgumentParser
 from walstream.lsn import LSN
 from walstream.storage.reader import WalReader
 from walstream.wal.decoder import FORK_NAMES, XLOG_BLCKSZ
@@ -146,7 +147,7 @@ class _Config:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = PgArgumentParser(
         prog="walstream waldump",
         add_help=False,
         description="walstream waldump decodes and displays PostgreSQL write-ahead logs for "
