@@ -382,6 +382,15 @@ def test_too_many_walsenders_in_the_words_of_the_wals_version(version: int, name
     )
 
 
+def test_a_length_word_out_of_range_is_not_answered() -> None:
+    # PostgreSQL only logs it (pq_getmessage's COMMERROR) and the connection ends.
+    pipe = Pipe(core())
+    pipe.login()
+    pipe.session.receive_data(b"Q\x40\x00\x00\x00", pipe.now)
+    assert pipe.session.closing
+    assert pipe.session.data_to_send() == b""
+
+
 def test_a_protocol_violation_is_answered_then_dropped() -> None:
     pipe = Pipe(core())
     pipe.login()

@@ -28,7 +28,8 @@ the state machine keeps PostgreSQL's observable behaviour:
 A peer that breaks the protocol gets a :class:`ProtocolViolation` carrying the
 SQLSTATE and message PostgreSQL would report; the machine is closed after it,
 except that :meth:`~ServerConnection.error` may still frame the one FATAL
-ErrorResponse that tells the client why.
+ErrorResponse that tells the client why (not after a length word out of range,
+which PostgreSQL only logs: the stream cannot be framed any more).
 
 Memory stays bounded by construction: a length word is checked as soon as its
 four bytes are buffered, so the buffer never holds more than one message of at
@@ -175,6 +176,10 @@ class ServerConnection:
         self._client_copy_done = False
         self._server_copy_done = False
         self._may_report_violation = False
+        # A violation PostgreSQL only logs (COMMERROR) before it hangs up,
+        # telling the client nothing: a length word out of range (the stream
+        # cannot be framed any more).
+        self._log_only = False
 
     # -- introspection ------------------------------------------------------
 
@@ -225,7 +230,7 @@ class ServerConnection:
             pos = self._receive(events)
         except ProtocolViolation:
             self.state = ServerState.CLOSED
-            self._may_report_violation = True
+            self._may_report_violation = not self._log_only
             buf.clear()
             raise
         del buf[:pos]  # everything, once closed
@@ -276,6 +281,7 @@ class ServerConnection:
                 # As PostgreSQL: the body after the length word holds at least
                 # the protocol code and at most MAX_STARTUP_PACKET_LENGTH bytes.
                 if not 4 <= length - 4 <= self.max_startup_size:
+                    self._log_only = True
                     raise ProtocolViolation("invalid length of startup packet")
                 end = pos + length
                 if end > size:
@@ -292,7 +298,11 @@ class ServerConnection:
             limit = self.max_message_size
             if state is ServerState.AUTHENTICATING:
                 limit = min(limit, MAX_AUTH_MESSAGE_SIZE)
-            end = message_end(buf, pos, size, limit)
+            try:
+                end = message_end(buf, pos, size, limit)
+            except ProtocolViolation:
+                self._log_only = True
+                raise
             if end < 0:
                 return pos
             event = self._handle_typed(mtype, bytes(buf[pos + 5 : end]))
@@ -542,7 +552,9 @@ class ServerConnection:
         first ReadyForQuery, since clients treat those as fatal. An ERROR
         aborts a COPY (ReadyForQuery follows) and is otherwise only allowed
         while answering a query. After a :class:`ProtocolViolation` one error
-        may still be framed, to tell the client why it is being dropped.
+        may still be framed, to tell the client why it is being dropped,
+        unless the violation is one PostgreSQL only logs (a length word out of
+        range): then this raises as for any closed connection.
         """
         if self.state is ServerState.CLOSED:
             if not self._may_report_violation:
