@@ -1037,6 +1037,17 @@ def test_an_unframeable_message_is_not_answered() -> None:
     assert pair.server.error(fatal("08P01", "invalid frontend message type 97"))[:1] == b"E"
 
 
+def test_a_standby_message_of_an_unknown_kind_is_not_answered() -> None:
+    # ProcessStandbyMessage: COMMERROR "unexpected message type", then exit.
+    pair = Pair()
+    startup(pair)
+    start_streaming(pair)
+    with pytest.raises(ProtocolViolation, match="unexpected streaming message type"):
+        pair.server.receive_data(m.CopyData(b"e" + bytes(20)).encode())
+    with pytest.raises(LocalProtocolError):
+        pair.server.error(fatal("08P01", "unexpected message type"))
+
+
 def test_authentication_messages_are_small() -> None:
     server = ServerConnection()
     server.receive_data(m.StartupMessage(STARTUP_PARAMS).encode())

@@ -28,8 +28,8 @@ the state machine keeps PostgreSQL's observable behaviour:
 A peer that breaks the protocol gets a :class:`ProtocolViolation` carrying the
 SQLSTATE and message PostgreSQL would report; the machine is closed after it,
 except that :meth:`~ServerConnection.error` may still frame the one FATAL
-ErrorResponse that tells the client why (not after a length word out of range,
-which PostgreSQL only logs: the stream cannot be framed any more).
+ErrorResponse that tells the client why (not after the violations PostgreSQL
+only logs: a length word out of range, a standby message of an unknown kind).
 
 Memory stays bounded by construction: a length word is checked as soon as its
 four bytes are buffered, so the buffer never holds more than one message of at
@@ -178,7 +178,7 @@ class ServerConnection:
         self._may_report_violation = False
         # A violation PostgreSQL only logs (COMMERROR) before it hangs up,
         # telling the client nothing: a length word out of range (the stream
-        # cannot be framed any more).
+        # cannot be framed any more), and a standby message of an unknown kind.
         self._log_only = False
 
     # -- introspection ------------------------------------------------------
@@ -375,6 +375,9 @@ class ServerConnection:
             return self._handle_auth(body)
         if state is ServerState.COPY_BOTH and not self._client_copy_done:
             if mtype == _COPY_DATA:
+                if body[:1] not in (b"", b"r", b"h"):
+                    # ProcessStandbyMessage: COMMERROR "unexpected message type".
+                    self._log_only = True
                 return decode_client_copy_data(body)
             done = m.decode_frontend(mtype, body)
             self._client_copy_done = True
@@ -554,7 +557,8 @@ class ServerConnection:
         while answering a query. After a :class:`ProtocolViolation` one error
         may still be framed, to tell the client why it is being dropped,
         unless the violation is one PostgreSQL only logs (a length word out of
-        range): then this raises as for any closed connection.
+        range, a standby message of an unknown kind): then this raises as for
+        any closed connection.
         """
         if self.state is ServerState.CLOSED:
             if not self._may_report_violation:
