@@ -1002,6 +1002,52 @@ def test_absurd_length_words_rejected_at_once() -> None:
         client.receive_data(b"R\x7f\xff\xff\xff")
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x40\x00\x00\x00",  # a 1 GiB startup packet
+        b"\x00\x00\x00\x07",  # one too short for the protocol code
+        b"\x16\x03\x01\x02\x00\x01",  # a TLS ClientHello where the packet should be
+    ],
+)
+def test_an_unframeable_startup_packet_is_not_answered(data: bytes) -> None:
+    # PostgreSQL: "invalid length of startup packet" is a COMMERROR, logged and
+    # never sent (ProcessStartupPacket); the connection just closes (measured on
+    # 15, 16 and 18 in tests/test_sender_hostile.py).
+    server = ServerConnection()
+    with pytest.raises(ProtocolViolation, match="invalid length of startup packet"):
+        server.receive_data(data)
+    with pytest.raises(LocalProtocolError):
+        server.error(fatal("08P01", "invalid length of startup packet"))
+
+
+def test_an_unframeable_message_is_not_answered() -> None:
+    # pq_getmessage's "invalid message length" is a COMMERROR too.
+    pair = Pair()
+    startup(pair)
+    with pytest.raises(ProtocolViolation, match="invalid message length 1073741824"):
+        pair.server.receive_data(b"Q\x40\x00\x00\x00")
+    with pytest.raises(LocalProtocolError):
+        pair.server.error(fatal("08P01", "invalid message length"))
+    # A violation inside a well-framed stream is still answered, once.
+    pair = Pair()
+    startup(pair)
+    with pytest.raises(ProtocolViolation, match="invalid frontend message type 97"):
+        pair.server.receive_data(b"a\x00\x00\x00\x04")
+    assert pair.server.error(fatal("08P01", "invalid frontend message type 97"))[:1] == b"E"
+
+
+def test_a_standby_message_of_an_unknown_kind_is_not_answered() -> None:
+    # ProcessStandbyMessage: COMMERROR "unexpected message type", then exit.
+    pair = Pair()
+    startup(pair)
+    start_streaming(pair)
+    with pytest.raises(ProtocolViolation, match="unexpected streaming message type"):
+        pair.server.receive_data(m.CopyData(b"e" + bytes(20)).encode())
+    with pytest.raises(LocalProtocolError):
+        pair.server.error(fatal("08P01", "unexpected message type"))
+
+
 def test_authentication_messages_are_small() -> None:
     server = ServerConnection()
     server.receive_data(m.StartupMessage(STARTUP_PARAMS).encode())

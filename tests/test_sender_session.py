@@ -367,6 +367,30 @@ def test_refusals_before_and_during_authentication() -> None:
     )
 
 
+@pytest.mark.parametrize(("version", "name"), [(150000, "max_wal_senders"),
+                                               (160000, "max_wal_senders"),
+                                               (180000, '"max_wal_senders"')])  # fmt: skip
+def test_too_many_walsenders_in_the_words_of_the_wals_version(version: int, name: str) -> None:
+    # Measured against real servers in tests/test_sender_hostile.py.
+    shared = core(MemorySource(3 * SEG, version=version), max_wal_senders=1)
+    Pipe(shared).login()
+    with pytest.raises(ServerError) as e:
+        Pipe(shared).login()
+    assert (e.value.sqlstate, e.value.message) == (
+        "53300",
+        f"number of requested standby connections exceeds {name} (currently 1)",
+    )
+
+
+def test_a_length_word_out_of_range_is_not_answered() -> None:
+    # PostgreSQL only logs it (pq_getmessage's COMMERROR) and the connection ends.
+    pipe = Pipe(core())
+    pipe.login()
+    pipe.session.receive_data(b"Q\x40\x00\x00\x00", pipe.now)
+    assert pipe.session.closing
+    assert pipe.session.data_to_send() == b""
+
+
 def test_a_protocol_violation_is_answered_then_dropped() -> None:
     pipe = Pipe(core())
     pipe.login()

@@ -28,7 +28,8 @@ the state machine keeps PostgreSQL's observable behaviour:
 A peer that breaks the protocol gets a :class:`ProtocolViolation` carrying the
 SQLSTATE and message PostgreSQL would report; the machine is closed after it,
 except that :meth:`~ServerConnection.error` may still frame the one FATAL
-ErrorResponse that tells the client why.
+ErrorResponse that tells the client why (not after the violations PostgreSQL
+only logs: a length word out of range, a standby message of an unknown kind).
 
 Memory stays bounded by construction: a length word is checked as soon as its
 four bytes are buffered, so the buffer never holds more than one message of at
@@ -175,6 +176,10 @@ class ServerConnection:
         self._client_copy_done = False
         self._server_copy_done = False
         self._may_report_violation = False
+        # A violation PostgreSQL only logs (COMMERROR) before it hangs up,
+        # telling the client nothing: a length word out of range (the stream
+        # cannot be framed any more), and a standby message of an unknown kind.
+        self._log_only = False
 
     # -- introspection ------------------------------------------------------
 
@@ -225,7 +230,7 @@ class ServerConnection:
             pos = self._receive(events)
         except ProtocolViolation:
             self.state = ServerState.CLOSED
-            self._may_report_violation = True
+            self._may_report_violation = not self._log_only
             buf.clear()
             raise
         del buf[:pos]  # everything, once closed
@@ -276,6 +281,7 @@ class ServerConnection:
                 # As PostgreSQL: the body after the length word holds at least
                 # the protocol code and at most MAX_STARTUP_PACKET_LENGTH bytes.
                 if not 4 <= length - 4 <= self.max_startup_size:
+                    self._log_only = True
                     raise ProtocolViolation("invalid length of startup packet")
                 end = pos + length
                 if end > size:
@@ -292,7 +298,11 @@ class ServerConnection:
             limit = self.max_message_size
             if state is ServerState.AUTHENTICATING:
                 limit = min(limit, MAX_AUTH_MESSAGE_SIZE)
-            end = message_end(buf, pos, size, limit)
+            try:
+                end = message_end(buf, pos, size, limit)
+            except ProtocolViolation:
+                self._log_only = True
+                raise
             if end < 0:
                 return pos
             event = self._handle_typed(mtype, bytes(buf[pos + 5 : end]))
@@ -365,6 +375,9 @@ class ServerConnection:
             return self._handle_auth(body)
         if state is ServerState.COPY_BOTH and not self._client_copy_done:
             if mtype == _COPY_DATA:
+                if body[:1] not in (b"", b"r", b"h"):
+                    # ProcessStandbyMessage: COMMERROR "unexpected message type".
+                    self._log_only = True
                 return decode_client_copy_data(body)
             done = m.decode_frontend(mtype, body)
             self._client_copy_done = True
@@ -542,7 +555,10 @@ class ServerConnection:
         first ReadyForQuery, since clients treat those as fatal. An ERROR
         aborts a COPY (ReadyForQuery follows) and is otherwise only allowed
         while answering a query. After a :class:`ProtocolViolation` one error
-        may still be framed, to tell the client why it is being dropped.
+        may still be framed, to tell the client why it is being dropped,
+        unless the violation is one PostgreSQL only logs (a length word out of
+        range, a standby message of an unknown kind): then this raises as for
+        any closed connection.
         """
         if self.state is ServerState.CLOSED:
             if not self._may_report_violation:

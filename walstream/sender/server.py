@@ -482,6 +482,9 @@ class WalSender:
         wire.on_drained = lambda: self._offer_wal(client)
         self._clients.add(client)
         client.task = asyncio.current_task()
+        # authentication_timeout runs from the accept, as PostgreSQL's covers the
+        # startup packet: a client that never completes a message is dropped too.
+        self._arm(client)
         log.debug("connection %d from %s", session.pid, session.client_text)
         try:
             if direct and not await self._tls(client, direct=True):

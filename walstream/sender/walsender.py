@@ -668,9 +668,14 @@ class WalSenderSession:
         if len(self.core.sessions) >= settings.max_wal_senders:
             # Checked before authentication, as PostgreSQL reserves a walsender
             # when the process starts: a connection waiting for its password counts.
+            # PostgreSQL quotes the setting's name from 17 (measured on 18, and 15
+            # and 16 without; 17 assumed as 18, as repl_gram's GUC names are).
+            name = "max_wal_senders"
+            if self.core.server_version >= 170000:
+                name = f'"{name}"'
             self._fatal(
                 "53300",
-                "number of requested standby connections exceeds max_wal_senders "
+                f"number of requested standby connections exceeds {name} "
                 f"(currently {settings.max_wal_senders})",
             )
             return
