@@ -32,7 +32,6 @@ USERS: Final[dict[str, tuple[str | None, str]]] = {
 }
 
 
-
 @dataclass(frozen=True)
 class SslFiles:
     """A throwaway CA, a server certificate for localhost/127.0.0.1 and a client certificate."""
