@@ -1,6 +1,6 @@
 """Catch-up speed: walstream's receiver vs pg_receivewal on the same WAL backlog.
 
-Run: ``python bench/catchup.py [--scale 80] [--rounds 3] [--modes default,no-sync]``
+Run: ``python bench/catchup.py [--scale 80] [--rounds 3] [--modes default,no-sync] [--truncate]``
 
 One throwaway PostgreSQL 15 primary; ``pgbench -i -s SCALE`` makes the
 backlog (scale 80 is about 1 GiB of WAL). Each run streams the same range
@@ -16,6 +16,14 @@ user sees (start-up included); walstream's interpreter start-up alone
 (``--version``, median of 5) is printed separately. walstream runs as an
 installed package does, from compiled bytecode (see ``_installed_env``).
 Figures vary between machines and runs: compare the ratio.
+
+The physical limit: every round of every mode also times ``bench/discard.py``,
+a consumer of the same range from the same walsender that reads the stream
+into a reused buffer and drops it (why that is the fastest consumer to build
+here: its docstring). Each tool's speed is printed as a fraction of that
+limit beside the ratio to pg_receivewal. ``--truncate`` adds a second limit
+row whose consumer does not even copy the bodies out of the kernel
+(``discard.py --truncate``): the walsender and loopback alone.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from tests.pgcluster import PgCluster
 
 SEG = 16 * 1024 * 1024
 TIME = "/usr/bin/time"
+DISCARD = Path(__file__).with_name("discard.py")
 MODES = {"default": [], "no-sync": ["--no-sync"], "synchronous": ["--synchronous"]}
 
 
@@ -92,6 +101,11 @@ def main() -> int:
         help="comma-separated: default, no-sync, synchronous (default: default,no-sync)",
     )
     parser.add_argument("--no-sync", action="store_true", help="same as --modes no-sync")
+    parser.add_argument(
+        "--truncate",
+        action="store_true",
+        help="also time the limit without the copy out of the socket (discard.py --truncate)",
+    )
     args = parser.parse_args()
     modes = ["no-sync"] if args.no_sync else args.modes.split(",")
     for mode in modes:
@@ -125,7 +139,11 @@ def main() -> int:
         tools = {
             "walstream": walstream_cmd,
             "pg_receivewal": [str(cluster.program("pg_receivewal"))],
+            # Standard library only: -I -S skip site-packages and the environment (20-30 ms).
+            "limit": [sys.executable, "-I", "-S", str(DISCARD)],
         }
+        if args.truncate:
+            tools["limit_truncate"] = [sys.executable, "-I", "-S", str(DISCARD), "--truncate"]
         for mode in modes:
             times: dict[str, list[float]] = {name: [] for name in tools}
             rss: dict[str, list[float]] = {name: [] for name in tools}
@@ -135,9 +153,12 @@ def main() -> int:
                 for name in order:
                     directory = work / f"{name}-{rnd}"
                     directory.mkdir()
-                    (directory / (segment_name(1, start // SEG, SEG) + ".partial")).touch()
-                    cmd = [*tools[name], "-d", cluster.conninfo("trust_user"), "-D", str(directory)]
-                    cmd += ["-n", "-E", str(end), *MODES[mode]]
+                    cmd = [*tools[name], "-d", cluster.conninfo("trust_user"), "-E", str(end)]
+                    if name.startswith("limit"):
+                        cmd += ["--start", str(start)]  # same range, nothing written: no mode
+                    else:
+                        (directory / (segment_name(1, start // SEG, SEG) + ".partial")).touch()
+                        cmd += ["-D", str(directory), "-n", *MODES[mode]]
                     os.sync()
                     elapsed, cpu, peak, err, rc = _run(cmd, env)
                     if rc != 0:
@@ -153,7 +174,8 @@ def main() -> int:
                         flush=True,
                     )
                     shutil.rmtree(directory)
-            ours, theirs = (statistics.median(times[n]) for n in tools)
+            med = {name: statistics.median(times[name]) for name in tools}
+            ours, theirs = med["walstream"], med["pg_receivewal"]
             ratios = ", ".join(
                 f"{t / o:.2f}"
                 for o, t in zip(times["walstream"], times["pg_receivewal"], strict=True)
@@ -164,6 +186,17 @@ def main() -> int:
                 f"median CPU walstream {statistics.median(cpus['walstream']):.2f} s, "
                 f"pg_receivewal {statistics.median(cpus['pg_receivewal']):.2f} s"
             )
+            for limit in (n for n in tools if n.startswith("limit")):
+                per_round = ", ".join(
+                    f"{lim / o:.2f}"
+                    for o, lim in zip(times["walstream"], times[limit], strict=True)
+                )
+                print(
+                    f"{mode}: {limit} {med[limit]:.2f} s ({size / med[limit] / 1e6:.0f} MB/s, "
+                    f"CPU {statistics.median(cpus[limit]):.2f} s); walstream at "
+                    f"{med[limit] / ours:.2f} of it (per round: {per_round}), pg_receivewal at "
+                    f"{med[limit] / theirs:.2f}"
+                )
             print(
                 f"{mode}: peak RSS walstream {max(rss['walstream']):.1f} MB, "
                 f"pg_receivewal {max(rss['pg_receivewal']):.1f} MB",
