@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from walstream.embedded import PgCluster
 
-__all__ = ["Load", "say", "wait_for"]
+__all__ = ["Load", "a_commit_waits", "say", "wait_for"]
 
 
 def say(text: str = "") -> None:
@@ -62,3 +62,23 @@ async def wait_for(predicate: Callable[[], Awaitable[bool]], within: float, what
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {within:.0f} s waiting for {what}")
         await asyncio.sleep(0.1)
+
+
+async def a_commit_waits(cluster: PgCluster, within: float = 60.0) -> bool:
+    """Until a backend of ``cluster`` waits for its synchronous standby (wait_event SyncRep).
+
+    The load runs one statement at a time, so once one waits every earlier
+    one has returned and been counted: a count taken then is exact, where
+    one taken at once could still miss a commit confirmed just before the
+    standby went away. False if none waits ``within`` seconds.
+    """
+    sql = "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
+
+    async def waiting() -> bool:
+        return await asyncio.to_thread(cluster.psql, sql) != "0"
+
+    try:
+        await wait_for(waiting, within, "a commit waiting for its synchronous standby")
+    except TimeoutError:
+        return False
+    return True

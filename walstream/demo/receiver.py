@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from walstream.demo.common import Load, say, wait_for
+from walstream.demo.common import Load, a_commit_waits, say, wait_for
 from walstream.embedded import PgCluster
 from walstream.lsn import LSN
 from walstream.receiver import ReceiverOptions
@@ -123,6 +123,8 @@ async def run(version: int, seconds: float) -> None:
         say("\nStopping the receiver: the primary now has no synchronous standby ...")
         receiver.stop()
         await task
+        if not await a_commit_waits(cluster):
+            say("  no commit is waiting (has the load stopped?)")
         before = load.commits
         await asyncio.sleep(3)
         say(f"  commits completed in the 3 s without it: {load.commits - before} (they wait)")

@@ -26,7 +26,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from walstream.demo.common import Load, say, wait_for
+from walstream.demo.common import Load, a_commit_waits, say, wait_for
 from walstream.embedded import PgCluster
 from walstream.lsn import LSN
 from walstream.receiver import ReceiverOptions
@@ -246,6 +246,8 @@ async def run(version: int, seconds: float) -> None:
 
         say(f"\nStopping the standby behind the relay ({STANDBY_APP}, pg_ctl stop) ...")
         await asyncio.to_thread(standby.stop)
+        if not await a_commit_waits(primary):
+            say("  no commit is waiting (has the load stopped?)")
         before = load.commits
         await asyncio.sleep(_HOLD)
         say(f"  commits completed in the {_HOLD:.0f} s without it: {load.commits - before} "
@@ -286,6 +288,7 @@ async def run(version: int, seconds: float) -> None:
             return text != "-" and LSN.parse(text) >= end
 
         await demo.until(f"the standby to replay up to {end}", replayed)
+        say(f"  the standby has replayed the primary's WAL up to {end}, its end after the load")
         seen = await demo.sql(standby, f"SELECT count(*) FROM demo WHERE id = {last}")
         say(f"  the last row committed on the primary (id {last}) is on the standby: "
             f"{seen == '1'}")  # fmt: skip
