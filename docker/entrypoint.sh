@@ -4,6 +4,9 @@
 #                                pg_hba line), then PostgreSQL
 #   standby [postgres options]   pg_basebackup from $PRIMARY_HOST on first start
 #                                (progress in the log), standby.signal, then PostgreSQL
+#   relay [walstream relay options]
+#                                walstream relay, admitting the standbys behind it
+#                                as the primary does (below)
 #   anything else                run as given (walstream's commands)
 # The replica role's password comes from the environment: REPLICA_PASSWORD on
 # the primary, PGPASSWORD (read by libpq and walstream) everywhere else, so it
@@ -13,6 +16,21 @@ set -eu
 role=${1:-}
 case "$role" in
 primary|standby) shift ;;
+relay)
+  shift
+  # The standbys behind the relay log in as they do on the primary: the
+  # replica role, scram-sha-256, from the compose network. Its verifier is
+  # made here from PGPASSWORD (the password the relay itself uses upstream),
+  # fed to walstream passwd on stdin, never an argument; both files are
+  # readable by postgres only, inside the container.
+  conf=${HOME:-/var/lib/postgresql}/relay
+  (umask 077 && mkdir -p "$conf")
+  echo "host replication replica samenet scram-sha-256" >"$conf/pg_hba.conf"
+  printf '%s\n%s\n' "${PGPASSWORD:?PGPASSWORD is not set}" "$PGPASSWORD" \
+    | walstream passwd replica >"$conf/passwords" 2>/dev/null || true
+  [ -s "$conf/passwords" ] || { echo "walstream passwd made no verifier" >&2; exit 1; }
+  exec walstream relay --hba "$conf/pg_hba.conf" --passwords "$conf/passwords" "$@"
+  ;;
 *) exec "$@" ;;
 esac
 

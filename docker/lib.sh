@@ -7,7 +7,7 @@ WS_DOCKER_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 WS_REPO=$(dirname "$WS_DOCKER_DIR")
 WS_IMAGE=local/walstream-postgres:15
 WS_LOCAL_BASE=local/debian:bookworm
-WS_SERVICES=(postgres202 postgres203 walstream)
+WS_SERVICES=(postgres202 postgres203 walstream relay postgres204)
 # compose v1 names the project after the compose file's directory.
 WS_PROJECT=${COMPOSE_PROJECT_NAME:-docker}
 WS_DOCKERD_PID=
@@ -228,7 +228,10 @@ ws_wheels() {
   fi
   src=$WS_RUN/src
   mkdir -p "$src"
-  tar -C "$WS_REPO" -c --exclude=__pycache__ pyproject.toml README.md walstream | tar -C "$src" -x
+  # setup.py too: it declares the dependencies (scramp), which pyproject.toml
+  # leaves dynamic; without it the wheel has none and nothing connects.
+  tar -C "$WS_REPO" -c --exclude=__pycache__ pyproject.toml setup.py README.md walstream \
+    | tar -C "$src" -x
   rm -rf "$WS_DOCKER_DIR/wheels"
   # A fixed date in the wheel: an unchanged tree gives the same bytes, and
   # Docker's layer cache keeps the install layer.

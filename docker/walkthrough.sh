@@ -3,7 +3,11 @@
 # watch: a primary (postgres202), a hot standby made with pg_basebackup
 # (postgres203) and walstream's receiver, asynchronous, then synchronous with
 # FIRST 1 (postgres203, walstream); standbys stopped one by one until a commit
-# waits; walstream's files and `walstream waldump --stats` over them.
+# waits; walstream's files and `walstream waldump --stats` over them. Then the
+# cascade: `walstream relay` streaming from postgres202 and postgres204 (made
+# with pg_basebackup from postgres202) streaming from the relay; with
+# synchronous_standby_names = 'relay', stopping postgres204 makes a commit on
+# postgres202 wait until it is back: synchronous replication through a cascade.
 #
 #   bash docker/walkthrough.sh           everything, then removes the topology
 #   bash docker/walkthrough.sh --keep    leaves it running to explore

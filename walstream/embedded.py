@@ -393,6 +393,31 @@ class PgCluster:
     def current_lsn(self) -> str:
         return self.psql("SELECT pg_current_wal_flush_lsn()")
 
+    # -- standbys ------------------------------------------------------------
+
+    def backup_standby(self, name: str, primary_conninfo: str, **conf: str) -> Self:
+        """A hot standby of this cluster that streams from ``primary_conninfo``; not started.
+
+        pg_basebackup (``-X stream``, fast checkpoint) into a sibling data
+        directory, ``standby.signal``, and its own port; ``primary_conninfo``
+        may name any walsender that serves this cluster's WAL (a walstream
+        relay), not only this cluster. ``conf``: more settings, quoted as
+        postgresql.conf wants them. Destroy it before this cluster.
+        """
+        standby = type(self)(self.version, self.bindir, self.base, name)
+        self._run(
+            [str(self.bindir / "pg_basebackup"), "-D", str(standby.datadir), "-X", "stream",
+             "-c", "fast", "--no-sync", "-h", str(self.socket_dir), "-p", str(self.port),
+             "-U", "postgres"]
+        )  # fmt: skip
+        standby._run(["touch", str(standby.datadir / "standby.signal")])
+        quoted = primary_conninfo.replace("'", "''")
+        standby._append_conf(
+            {"port": str(standby.port), "primary_conninfo": f"'{quoted}'", "hot_standby": "on",
+             **conf}
+        )  # fmt: skip
+        return standby
+
     def destroy(self) -> None:
         self.stop("immediate")
         shutil.rmtree(self.datadir, ignore_errors=True)

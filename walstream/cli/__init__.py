@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "send": (_command("walstream.cli.send"), "serve WAL from a directory to standbys"),
     "relay": (_command("walstream.cli.relay"), "receive from a primary and serve what is durable"),
     "passwd": (_command("walstream.cli.passwd"), "a --passwords line for walstream send"),
+    "demo": (_command("walstream.demo"), "watch replication on throwaway servers (--relay)"),
 }
 
 
