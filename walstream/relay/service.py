@@ -112,6 +112,8 @@ class WalRelay:
         )
         self._loop_thread = 0
         self._forwarded: tuple[int, int, int, int] | None = None
+        # What the synchronous standbys confirmed, never going back (see _progress).
+        self._cap = (LSN(0), LSN(0), LSN(0))
 
     # -- public API ---------------------------------------------------------------------
 
@@ -138,7 +140,7 @@ class WalRelay:
         if self._capped:
             # Until a synchronous standby confirms anything, the primary hears
             # of nothing: a commit waits for the cascade.
-            self.receiver.limit_reports((LSN(0), LSN(0), LSN(0)))
+            self.receiver.limit_reports(self._cap)
         receiving = asyncio.ensure_future(self.receiver.run())
         serving: asyncio.Future[None] | None = None
         try:
@@ -211,12 +213,18 @@ class WalRelay:
             return
         if self._capped:
             confirmed = sender.synced_positions()
-            if confirmed is None:
-                cap = (LSN(0), LSN(0), LSN(0))  # too few synchronous standbys: confirm nothing
-            else:
+            if confirmed is not None:
                 write, flush, apply = confirmed
-                cap = (write, flush, LSN(min(apply, self.receiver.policy.flush)))
-            self.receiver.limit_reports(cap)
+                held = self._cap
+                # Never backwards (a standby's positions only move on), so a
+                # synchronous standby that leaves holds the relay where it was:
+                # listed sync with its flush frozen, as a stuck standby would be.
+                self._cap = (
+                    LSN(max(held[0], write)),
+                    LSN(max(held[1], flush)),
+                    LSN(max(held[2], min(apply, self.receiver.policy.flush))),
+                )
+                self.receiver.limit_reports(self._cap)
         feedback = sender.oldest_feedback()
         if feedback != self._forwarded and (feedback is not None or self._forwarded is not None):
             self._forwarded = feedback
@@ -263,7 +271,16 @@ class _Wake:
             self._relay._flushed()
 
     def rewind(self, fork: LSN) -> None:
+        """The primary's history forked at ``fork``: what was confirmed past it counts no more."""
         self._durable = min(self._durable, fork)
+        relay = self._relay
+        relay._cap = (
+            LSN(min(relay._cap[0], fork)),
+            LSN(min(relay._cap[1], fork)),
+            LSN(min(relay._cap[2], fork)),
+        )
+        if relay._capped:
+            relay.receiver.limit_reports(relay._cap)
 
     def close(self) -> None:
         pass
