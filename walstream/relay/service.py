@@ -98,7 +98,18 @@ class WalRelay:
             else WalRetention(directory, RetentionPolicy(options.wal_keep_size, options.hooks))
         )
         self.receiver = WalReceiver(
-            dataclasses.replace(options.receiver, after_segment_complete=self._segment_completed),
+            dataclasses.replace(
+                options.receiver,
+                # Only fsynced WAL is served: without an fsync per batch (what
+                # --synchronous does) the segment being written would reach the
+                # relay's standbys only once it completes, and never while the
+                # primary is quiet (tests/test_relay_failures.py saw a standby
+                # wait at its segment's start). PostgreSQL's walreceiver, which a
+                # cascading walsender serves from, flushes whenever the stream
+                # pauses and reports the flush upstream: so does the relay.
+                synchronous=True,
+                after_segment_complete=self._segment_completed,
+            ),
             consumer=self._consumer,
         )
         self.sender: WalSender | None = None
