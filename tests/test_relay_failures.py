@@ -10,11 +10,15 @@ primary's error for a removed segment, and Prometheus's text-format parser.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -22,8 +26,10 @@ from typing import Any
 
 import pytest
 
+import walstream
 from walstream import LSN
-from walstream.wal.segment import parse_segment_name
+from walstream.errors import ServerError
+from walstream.wal.segment import parse_segment_name, segment_name
 
 from .pgcluster import VERSIONS, PgCluster, wait_until
 from .support.sender import SenderProcess, free_port
@@ -205,3 +211,203 @@ def test_failover_upstream_reaches_the_standby_behind_the_relay(  # type: ignore
             expected = (server.datadir / "pg_wal" / path.name).read_bytes()
             assert path.read_bytes() == expected, f"{path.name} differs from the server's"
     assert any(tli == 2 for tli, _, _ in by_segno[switch // SEG])
+
+
+# -- retention ----------------------------------------------------------------------------------
+
+KEEP_MB = 4
+_MB_OF_WAL = "INSERT INTO t SELECT g, repeat('r', 150) FROM generate_series(1, 5000) g"
+
+
+class _DirectorySize:
+    """The largest the relay's directory got, sampled from a thread while a load runs."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.most_files = 0
+        self.most_bytes = 0
+        self.at_most: list[str] = []  # the segment files when there were the most
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            files = sizes = 0
+            names = []
+            for entry in os.scandir(self.directory):
+                if parse_segment_name(entry.name, SEG) is not None:
+                    with contextlib.suppress(FileNotFoundError):  # removed meanwhile
+                        sizes += entry.stat().st_size
+                        files += 1
+                        names.append(entry.name)
+            if files > self.most_files:
+                self.most_files, self.at_most = files, sorted(names)
+            self.most_bytes = max(self.most_bytes, sizes)
+            time.sleep(0.005)
+
+    def __enter__(self) -> _DirectorySize:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def _completed(directory: Path) -> list[int]:
+    return sorted(s for s, files in _segments(directory).items() if not files[0][2])
+
+
+def _removed_error_line(standby: PgCluster, since: int) -> str:
+    """The standby's log line for a removed segment, without its time stamp and pid."""
+    text = standby.log_path.read_text(errors="replace")[since:]
+    lines = [line for line in text.splitlines() if "has already been removed" in line]
+    assert lines, text[-3000:]
+    return lines[0].split("]", 1)[1].strip()
+
+
+async def _stream_error(conninfo: str, start: LSN) -> ServerError:
+    """The error START_REPLICATION at ``start`` (timeline 1) ends with."""
+    async with await walstream.connect(conninfo) as conn:
+        try:
+            stream = await conn.start_replication(start, timeline=1)
+            while await stream.read():
+                pass
+            await stream.end()
+        except ServerError as e:
+            return e
+    raise AssertionError(f"START_REPLICATION at {start} streamed without an error")
+
+
+async def _create_slot(conninfo: str, name: str) -> LSN:
+    """A physical slot that reserves WAL at once; its restart_lsn."""
+    async with await walstream.connect(conninfo) as conn:
+        await conn.create_replication_slot(name, reserve_wal=True)
+        position = await conn.read_replication_slot(name)
+    assert position is not None
+    assert position.restart_lsn is not None
+    return position.restart_lsn
+
+
+async def _drop_slot(conninfo: str, name: str) -> None:
+    async with await walstream.connect(conninfo) as conn:
+        await conn.drop_replication_slot(name)
+
+
+def test_retention_bounds_the_directory_keeps_what_is_needed_and_cuts_off_a_late_standby(  # type: ignore[no-untyped-def]
+    pg_factory, tmp_path: Path
+) -> None:
+    """--wal-keep-size under a long load, with a slot, a stalled client and a standby away.
+
+    1. Under a load, the directory never holds more than the keep size plus
+       the segment being written (sampled every few ms).
+    2. A slot (RESERVE_WAL) and a connected client that stopped reading
+       (pg_receivewal, SIGSTOP) keep every segment from theirs on; the
+       client, resumed, gets all of them.
+    3. The slot dropped and the client gone, the directory shrinks back.
+    4. A standby stopped before 2. without a slot comes back behind the keep
+       size: it gets "requested WAL segment ... has already been removed",
+       the line it logs for a real primary that removed the segment, and the
+       SQLSTATE is 58P01 from both.
+    """
+    primary: PgCluster = pg_factory(18, wal_segsize_mb=1)
+    primary.psql("CREATE TABLE t(x int, pad text)")
+    directory = tmp_path / "relay"
+    directory.mkdir()
+    relay = _Relay(
+        directory, primary.conninfo("trust_user", application_name="relay"),
+        "--wal-keep-size", str(KEEP_MB), "--wal-sender-timeout", "0",
+    )  # fmt: skip
+    with relay:
+        # 1. Bounded. Nobody downstream yet: a connected client's position is
+        # kept however far behind it is (2.), which is not the bound's to judge.
+        first = _completed(directory)
+        with _DirectorySize(directory) as size:
+            for _ in range(3 * KEEP_MB):
+                primary.psql(_MB_OF_WAL)
+            end = LSN.parse(primary.current_lsn())
+            wait_until(
+                lambda: LSN.parse(relay.status()["upstream"]["flush_lsn"]) >= end,
+                what="the relay to receive the load",
+            )
+        assert _completed(directory)[0] > (first or [0])[0], "nothing was ever removed"
+        assert size.most_files <= KEEP_MB + 1, f"{size.most_files} segment files: {size.at_most}"
+        assert size.most_bytes <= (KEEP_MB + 1) * SEG, f"{size.most_bytes} bytes at once"
+
+        away = _standby_behind(primary, relay, "away")
+        steady = _standby_behind(primary, relay, "steady")
+
+        # 2. What a slot and a connected client need stays; a standby away is cut off.
+        away.stop()
+        slot = asyncio.run(_create_slot(relay.conninfo(), "keep"))
+        slow_dir = tmp_path / "slow"
+        slow_dir.mkdir()
+        slow = subprocess.Popen(
+            [str(primary.program("pg_receivewal")), "-d", relay.conninfo(application_name="slow"),
+             "-D", str(slow_dir), "-n", "--no-sync"],
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            wait_until(lambda: any(slow_dir.iterdir()), what="pg_receivewal streaming")
+            slow.send_signal(signal.SIGSTOP)
+            for _ in range(4 * KEEP_MB):
+                primary.psql(_MB_OF_WAL)
+            primary.psql("SELECT pg_switch_wal()")
+            end = LSN.parse(primary.current_lsn())
+            steady.wait_for_replay(end)
+            (row,) = [r for r in relay.status()["clients"] if r["application_name"] == "slow"]
+            stalled = LSN.parse(row["sent_lsn"])
+            assert stalled // SEG + KEEP_MB < end // SEG, "the stalled client is not behind"
+            kept = _completed(directory)
+            assert kept[0] <= min(slot, stalled) // SEG, (kept, slot, stalled)
+            assert kept == list(range(kept[0], kept[-1] + 1)), f"a gap: {kept}"
+            slow.send_signal(signal.SIGCONT)
+            last = (end - 1) // SEG
+            wait_until(lambda: last in _completed(slow_dir), what="the resumed client catching up")
+        finally:
+            slow.send_signal(signal.SIGCONT)
+            slow.send_signal(signal.SIGINT)
+            _, slow_err = slow.communicate(timeout=30)
+        assert "error" not in slow_err, slow_err
+        for segno in _completed(slow_dir):
+            name = segment_name(1, segno, SEG)
+            theirs = (primary.datadir / "pg_wal" / name).read_bytes()
+            assert (slow_dir / name).read_bytes() == theirs, f"{name} differs"
+
+        # 3. Nothing holds old segments any more: back within the keep size at the next
+        # segment.
+        asyncio.run(_drop_slot(relay.conninfo(), "keep"))
+        primary.psql(_MB_OF_WAL)
+        primary.psql("SELECT pg_switch_wal()")
+        steady.wait_for_replay(LSN.parse(primary.current_lsn()))
+        wait_until(
+            lambda: len(_segments(directory)) <= KEEP_MB + 1,
+            what=f"the directory back within the keep size: {sorted(_segments(directory))}",
+        )
+
+        # 4. The standby away comes back too late, without a slot: cut off as by a primary.
+        offset = away.log_path.stat().st_size
+        away.start()
+        relay_line = _removed_error_line(away, offset)
+        removed = parse_segment_name(relay_line.split("segment ")[1].split()[0], SEG)
+        assert removed is not None, relay_line
+        assert removed.segno < _completed(directory)[0]
+        position = LSN(removed.segno * SEG)
+        from_relay = asyncio.run(_stream_error(relay.conninfo(), position))
+
+        # The real primary, asked for the same segment once it removed it too.
+        primary.set_conf(wal_keep_size="0")
+        primary.psql("SELECT pg_switch_wal()")
+        primary.psql("CHECKPOINT")
+        assert not (primary.datadir / "pg_wal" / segment_name(1, removed.segno, SEG)).exists()
+        from_primary = asyncio.run(_stream_error(primary.conninfo("trust_user"), position))
+        assert (from_relay.severity, from_relay.sqlstate, from_relay.message) == (
+            from_primary.severity, from_primary.sqlstate, from_primary.message,
+        )  # fmt: skip
+        assert from_relay.sqlstate == "58P01"
+        away.set_conf(primary_conninfo=primary.conninfo("trust_user", application_name="away"))
+        away.stop()
+        offset = away.log_path.stat().st_size
+        away.start()
+        assert _removed_error_line(away, offset) == relay_line
+        assert relay.stop(signal.SIGTERM) == 0, relay.log_text()

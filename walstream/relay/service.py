@@ -26,11 +26,9 @@ Errors: :class:`RelayError` for options that cannot work together.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import dataclasses
 import logging
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,14 +112,8 @@ class WalRelay:
         )
         self.sender: WalSender | None = None
         self._stop = asyncio.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._seg_size = 0
         self._capped = options.sender.synchronous_standby_names.strip() != ""
-        # Removals one at a time, off the loop and off the receiver's writer.
-        self._retention_thread = concurrent.futures.ThreadPoolExecutor(
-            1, thread_name_prefix="walstream-retention"
-        )
-        self._loop_thread = 0
         self._forwarded: tuple[int, int, int, int] | None = None
 
     # -- public API ---------------------------------------------------------------------
@@ -144,8 +136,6 @@ class WalRelay:
 
     async def run(self) -> None:
         """Receive and serve until :meth:`stop`; raise the first fatal error of either side."""
-        self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
         if self._capped:
             # Until a synchronous standby confirms anything, the primary hears
             # of nothing: a commit waits for the cascade.
@@ -181,7 +171,6 @@ class WalRelay:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError, Error):
                         await task
-            self._retention_thread.shutdown(wait=True)
 
     # -- joining the two roles -------------------------------------------------------------
 
@@ -234,30 +223,27 @@ class WalRelay:
             self.receiver.send_feedback(feedback)
 
     def _segment_completed(self, path: Path, timeline: int, segno: int) -> None:
-        """A segment is complete and durable (called by the receiver's writer, any thread)."""
-        loop = self._loop
-        if self._retention is None or loop is None:
-            return
-        if threading.get_ident() == self._loop_thread:
-            self._retain(timeline, segno)
-        else:
-            loop.call_soon_threadsafe(self._retain, timeline, segno)
+        """A segment is complete and durable: remove what retention lets go, right here.
 
-    def _retain(self, timeline: int, segno: int) -> None:
-        """On the loop: what clients and slots need, then the removal in a thread of its own."""
-        retention, sender, loop = self._retention, self.sender, self._loop
-        assert retention is not None
-        assert loop is not None
+        Called by the receiver's writer (its disk thread, or the loop for a
+        small synchronous batch) before it writes anything more, so the
+        directory never holds more than the keep size and the segment being
+        written. Removed later, in a thread of their own, the next segment was
+        already there before the oldest went (tests/test_relay_failures.py saw
+        the keep size plus a segment more). It costs the writer about 0.5 ms
+        per segment (a listing, an unlink, a directory fsync; measured with
+        16 MB segments on this machine's disk).
+        """
+        retention, sender = self._retention, self.sender
+        if retention is None:
+            return
         slots, clients = sender.needed() if sender is not None else ([], [])
-        loop.run_in_executor(
-            self._retention_thread,
-            lambda: retention.remove_old_segments(
-                self._seg_size,
-                newest=(segno + 1) * self._seg_size,
-                timeline=timeline,
-                slots=slots,
-                clients=clients,
-            ),
+        retention.remove_old_segments(
+            self._seg_size,
+            newest=(segno + 1) * self._seg_size,
+            timeline=timeline,
+            slots=slots,
+            clients=clients,
         )
 
 
