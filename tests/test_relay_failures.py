@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 import walstream
 from walstream import LSN
@@ -294,6 +295,17 @@ async def _drop_slot(conninfo: str, name: str) -> None:
         await conn.drop_replication_slot(name)
 
 
+def _segments_removed(relay: _Relay) -> tuple[float, int]:
+    """walstream_segments_removed_total from /metrics, and the relay's log lines for removals."""
+    value = None
+    for family in text_string_to_metric_families(relay.get("/metrics")):
+        for sample in family.samples:
+            if sample.name == "walstream_segments_removed_total":
+                value = sample.value
+    assert value is not None
+    return value, relay.log_text().count("removing write-ahead log file")
+
+
 def test_retention_bounds_the_directory_keeps_what_is_needed_and_cuts_off_a_late_standby(  # type: ignore[no-untyped-def]
     pg_factory, tmp_path: Path
 ) -> None:
@@ -304,7 +316,8 @@ def test_retention_bounds_the_directory_keeps_what_is_needed_and_cuts_off_a_late
     2. A slot (RESERVE_WAL) and a connected client that stopped reading
        (pg_receivewal, SIGSTOP) keep every segment from theirs on; the
        client, resumed, gets all of them.
-    3. The slot dropped and the client gone, the directory shrinks back.
+    3. The slot dropped and the client gone, the directory shrinks back; the
+       removals are counted in /metrics.
     4. A standby stopped before 2. without a slot comes back behind the keep
        size: it gets "requested WAL segment ... has already been removed",
        the line it logs for a real primary that removed the segment, and the
@@ -375,7 +388,7 @@ def test_retention_bounds_the_directory_keeps_what_is_needed_and_cuts_off_a_late
             assert (slow_dir / name).read_bytes() == theirs, f"{name} differs"
 
         # 3. Nothing holds old segments any more: back within the keep size at the next
-        # segment.
+        # segment, the removals counted in /metrics.
         asyncio.run(_drop_slot(relay.conninfo(), "keep"))
         primary.psql(_MB_OF_WAL)
         primary.psql("SELECT pg_switch_wal()")
@@ -383,6 +396,10 @@ def test_retention_bounds_the_directory_keeps_what_is_needed_and_cuts_off_a_late
         wait_until(
             lambda: len(_segments(directory)) <= KEEP_MB + 1,
             what=f"the directory back within the keep size: {sorted(_segments(directory))}",
+        )
+        wait_until(
+            lambda: _segments_removed(relay)[0] == _segments_removed(relay)[1] > 0,
+            what=f"/metrics counting the removals: {_segments_removed(relay)}",
         )
 
         # 4. The standby away comes back too late, without a slot: cut off as by a primary.

@@ -129,6 +129,11 @@ class WalRelay:
             self.receiver.status(), [] if self.sender is None else self.sender.status()
         )
 
+    @property
+    def segments_removed(self) -> int:
+        """Segment files retention removed so far (0 without --wal-keep-size)."""
+        return 0 if self._retention is None else self._retention.removed
+
     def hook_succeeded(self, path: Path) -> None:
         """A segment's --on-segment-complete command succeeded: retention may remove it."""
         if self._retention is not None:
