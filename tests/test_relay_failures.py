@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -34,6 +35,7 @@ from walstream.wal.segment import parse_segment_name, segment_name
 
 from .pgcluster import VERSIONS, PgCluster, wait_until
 from .support.sender import SenderProcess, free_port
+from .test_receiver_crash import _commit_ends
 
 SEG = 1024 * 1024
 _ROOT = Path(__file__).resolve().parents[1]  # where `python -m tests.support...` runs
@@ -212,6 +214,240 @@ def test_failover_upstream_reaches_the_standby_behind_the_relay(  # type: ignore
             expected = (server.datadir / "pg_wal" / path.name).read_bytes()
             assert path.read_bytes() == expected, f"{path.name} differs from the server's"
     assert any(tli == 2 for tli, _, _ in by_segno[switch // SEG])
+
+
+# -- SIGKILL under a synchronous load -------------------------------------------------------
+
+KILLS = 12
+
+
+class _DirectoryEnd:
+    """Where the gap-free WAL of a relay's directory ends, every byte checked against the
+    primary's pg_wal (timeline 1; a completed segment is checked once, it never changes)."""
+
+    def __init__(self, directory: Path, primary_wal: Path) -> None:
+        self.directory = directory
+        self.primary_wal = primary_wal
+        self._checked: set[str] = set()
+
+    def __call__(self) -> LSN:
+        by_segno = {s: files for s, files in _segments(self.directory).items()}
+        if not by_segno:
+            return LSN(0)
+        segnos = sorted(by_segno)
+        assert segnos == list(range(segnos[0], segnos[-1] + 1)), f"gap in segments: {segnos}"
+        end = LSN(0)
+        for segno in segnos:
+            ((tli, path, partial),) = by_segno[segno]
+            assert tli == 1
+            theirs_path = self.primary_wal / path.name.removesuffix(".partial")
+            if not partial:
+                if path.name not in self._checked:
+                    assert path.read_bytes() == theirs_path.read_bytes(), f"{path.name} differs"
+                    self._checked.add(path.name)
+                end = LSN((segno + 1) * SEG)
+                continue
+            assert segno == segnos[-1], f"{path.name}: a .partial before the last segment"
+            ours, theirs = path.read_bytes(), theirs_path.read_bytes()
+            assert len(ours) == SEG, f"{path.name} has {len(ours)} bytes"
+            # Received WAL, then the zeros of pre-padding: where they stop matching the
+            # primary's file is where the received WAL ends.
+            same = next((i for i in range(SEG) if ours[i] != theirs[i]), SEG)
+            assert not any(ours[same:]), f"{path.name}: bytes after {same:#x} not the primary's"
+            end = LSN(segno * SEG + same)
+        return end
+
+    def completed_end(self) -> LSN:
+        """The end of the newest completed segment (0 if none)."""
+        done = [s for s, files in _segments(self.directory).items() if not files[0][2]]
+        return LSN((max(done) + 1) * SEG if done else 0)
+
+
+class _CommitLoad:
+    """Synchronous commits through one psql session; (monotonic time acknowledged, xid).
+
+    One statement each, in autocommit: its result row comes only with
+    CommandComplete, which PostgreSQL sends after the commit (and its wait for
+    the synchronous standby) is done.
+    """
+
+    def __init__(self, cluster: PgCluster) -> None:
+        psql = cluster.program("psql")
+        if not psql.exists():
+            psql = Path("/usr/lib/postgresql/15/bin/psql")  # as PgCluster.psql
+        self.proc = subprocess.Popen(
+            [str(psql), "-h", str(cluster.socket_dir), "-p", str(cluster.port), "-U", "postgres",
+             "-XAtq", "-v", "ON_ERROR_STOP=1"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1,
+        )  # fmt: skip
+        self.acked: list[tuple[float, int]] = []
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        stdin, stdout = self.proc.stdin, self.proc.stdout
+        assert stdin is not None
+        assert stdout is not None
+        try:
+            i = 0
+            while not self.stop.is_set():
+                i += 1
+                stdin.write(
+                    f"WITH w AS (INSERT INTO crash SELECT {i}, repeat('c', 1000) "
+                    "FROM generate_series(1, 10) RETURNING 1) SELECT txid_current() FROM w "
+                    "LIMIT 1;\n"
+                )
+                if i % 50 == 0:
+                    stdin.write("SELECT pg_switch_wal();\n")  # segment ends at odd moments
+                stdin.flush()
+                line = stdout.readline()
+                self.acked.append((time.monotonic(), int(line)))
+                if i % 50 == 0:
+                    stdout.readline()
+        except BaseException as e:
+            self.error = e
+
+    def __enter__(self) -> _CommitLoad:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join(60)
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _received(standby: PgCluster) -> LSN:
+    """Everything the standby ever received: pg_last_wal_receive_lsn once no walreceiver streams.
+
+    A walreceiver that loses its connection flushes what it wrote before it
+    exits (WalRcvDie), and the position never goes back on one timeline (a
+    new walreceiver keeps it: RequestXLogStreaming), so read with none
+    streaming it is the end of all the WAL the standby ever got.
+    """
+    try:
+        wait_until(
+            lambda: standby.psql(
+                "SELECT count(*) FROM pg_stat_wal_receiver WHERE status = 'streaming'"
+            ) == "0",
+            what="the standby's walreceiver to notice the relay is gone",
+        )  # fmt: skip
+    except TimeoutError as e:
+        row = standby.psql("SELECT * FROM pg_stat_wal_receiver")
+        raise AssertionError(f"{e}: {row}{standby.log_tail()}") from None
+    return LSN.parse(standby.psql("SELECT pg_last_wal_receive_lsn()"))
+
+
+def test_sigkill_under_synchronous_load_loses_no_commit_and_serves_nothing_early(  # type: ignore[no-untyped-def]
+    pg_factory, tmp_path: Path
+) -> None:
+    """SIGKILL the relay at random moments while the primary waits on it for every commit.
+
+    The primary's synchronous_standby_names names the relay; the relay's names
+    the standby behind it, so a commit is acknowledged only once both have it.
+    At each kill, with the relay dead:
+
+    * every commit the primary acknowledged before the kill ends (pg_waldump
+      on the primary's pg_wal) within the WAL of the relay's directory, checked
+      byte for byte against the primary's files, and within what the standby
+      received: the cascade lost no acknowledged commit;
+    * what the standby ever received (pg_last_wal_receive_lsn, read once its
+      walreceiver is gone: it never goes back) ends within the relay's
+      directory: no standby ever had WAL the relay did not hold when it died.
+
+    That much a process crash can show; the page cache survives it, so it
+    cannot tell written from fsynced. The relay therefore runs with a ledger
+    (tests/support/relay_ledger.py) of every position its directory declared
+    flushed after an fsync and every XLogData its walsender framed: no message
+    may hold WAL past what an fsync covered before it (what survives a crash of
+    the machine). Across restarts the completed segments count as fsynced (they
+    are renamed only after their fsync).
+    """
+    primary: PgCluster = pg_factory(16, wal_segsize_mb=1)
+    primary.psql("CREATE TABLE crash(id int, pad text)")
+    directory = tmp_path / "relay"
+    directory.mkdir()
+    ledger = tmp_path / "ledger"
+    relay = _Relay(
+        directory,
+        primary.conninfo("scram_user", "scrampass", application_name="relay"),
+        "--synchronous-standby-names", "s1",
+        ledger=ledger,
+    )  # fmt: skip
+    ends_of = _DirectoryEnd(directory, primary.datadir / "pg_wal")
+    rng = random.Random(20261124)
+    kills: list[tuple[float, LSN, LSN]] = []  # (time, directory's end, standby's received)
+    with relay:
+        standby = _standby_behind(primary, relay, "s1")
+        primary.set_conf(synchronous_standby_names="relay")
+        wait_until(
+            lambda: primary.psql(
+                "SELECT sync_state FROM pg_stat_replication WHERE application_name = 'relay'"
+            ) == "sync",
+            what="the relay as the primary's synchronous standby",
+        )  # fmt: skip
+        start = LSN.parse(primary.current_lsn())
+        with _CommitLoad(primary) as load:
+            wait_until(lambda: len(load.acked) > 20, what="the load to start")
+            for _ in range(KILLS):
+                time.sleep(rng.uniform(0.05, 0.8))
+                kill_time = time.monotonic()
+                relay.stop(signal.SIGKILL)
+                kills.append((kill_time, ends_of(), _received(standby)))
+                with open(ledger, "a") as f:
+                    f.write(f"B {int(ends_of.completed_end())}\n")
+                relay.start()
+            acked_before = len(load.acked)
+            wait_until(lambda: len(load.acked) > acked_before + 20, what="the load after restarts")
+        assert load.error is None, load.error
+        assert not load.thread.is_alive(), "the load is stuck: a commit never returned"
+        want = primary.psql("SELECT count(*), sum(id) FROM crash")
+        wait_until(lambda: standby.psql("SELECT count(*), sum(id) FROM crash") == want,
+                   what="the standby to replay every commit")  # fmt: skip
+        assert relay.stop(signal.SIGTERM) == 0, relay.log_text()
+
+    ends = _commit_ends(primary, LSN(start - start % SEG))
+    acked = load.acked
+    assert len(acked) > 3 * KILLS, "the load barely ran"
+    checked = 0
+    for kill_time, dir_end, received in kills:
+        assert received <= dir_end, (
+            f"the standby received WAL up to {received}, past the end of the relay's "
+            f"directory when it was killed ({dir_end})"
+        )
+        for ack_time, xid in acked:
+            if ack_time < kill_time:
+                assert xid in ends, f"commit of xid {xid} not found by pg_waldump"
+                assert ends[xid] <= dir_end, (
+                    f"xid {xid} was acknowledged before a SIGKILL, its commit record ends at "
+                    f"{ends[xid]}, the relay's directory at {dir_end}"
+                )
+                assert ends[xid] <= received, (
+                    f"xid {xid} was acknowledged before a SIGKILL, its commit record ends at "
+                    f"{ends[xid]}, the standby behind the relay had only {received}"
+                )
+                checked += 1
+    assert checked
+
+    durable = sent = messages = 0
+    for number, line in enumerate(ledger.read_text().splitlines(), 1):
+        kind, *values = line.split()
+        if kind in ("F", "B"):
+            durable = max(durable, int(values[0]))
+        elif kind == "S":
+            sent = int(values[1])
+            messages += 1
+            assert sent <= durable, (
+                f"ledger line {number}: WAL up to {LSN(sent)} sent, durable only {LSN(durable)}"
+            )
+    assert messages > KILLS, "the ledger saw almost no WAL sent"
 
 
 # -- retention ----------------------------------------------------------------------------------
