@@ -664,3 +664,140 @@ def test_retention_bounds_the_directory_keeps_what_is_needed_and_cuts_off_a_late
         away.start()
         assert _removed_error_line(away, offset) == relay_line
         assert relay.stop(signal.SIGTERM) == 0, relay.log_text()
+
+
+# -- /metrics and /status -------------------------------------------------------------------
+
+
+def _metric_samples(relay: _Relay) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of the relay's /metrics, read by Prometheus's own parser."""
+    samples = {}
+    for family in text_string_to_metric_families(relay.get("/metrics")):
+        for sample in family.samples:
+            samples[sample.name, tuple(sorted(sample.labels.items()))] = sample.value
+    return samples
+
+
+def test_metrics_parse_and_status_lists_the_relays_downstream(  # type: ignore[no-untyped-def]
+    pg_factory, tmp_path: Path
+) -> None:
+    """/status's clients are the relay's downstream as the downstream sees itself.
+
+    Two hot standbys (one with hot_standby_feedback) and pg_receivewal behind
+    the relay, at rest: each has one row under pg_stat_replication's column
+    names (the real view's, read from the primary's catalog), with the flush
+    and replay positions the standby itself reports, the sync state a primary
+    gives ``FIRST 1 (s1, s2)``, and the feedback xmin the primary shows for the
+    relay. /metrics, read by Prometheus's parser, says the same per client and
+    upstream.
+    """
+    primary: PgCluster = pg_factory(15, wal_segsize_mb=1)
+    primary.psql("CREATE TABLE t(x int, pad text)")
+    directory = tmp_path / "relay"
+    directory.mkdir()
+    relay = _Relay(
+        directory, primary.conninfo("trust_user", application_name="relay"),
+        "--synchronous-standby-names", "FIRST 1 (s1, s2)",
+    )  # fmt: skip
+    with relay:
+        s1 = _standby_behind(primary, relay, "s1")
+        s2 = _standby_behind(primary, relay, "s2", hot_standby_feedback="on")
+        rw_dir = tmp_path / "rw"
+        rw_dir.mkdir()
+        rw = subprocess.Popen(
+            [str(primary.program("pg_receivewal")), "-d", relay.conninfo(application_name="rw"),
+             "-D", str(rw_dir), "-n", "-s", "1"],
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            primary.psql(_FILL)
+            end = LSN.parse(primary.current_lsn())
+            standbys = {"s1": s1, "s2": s2}
+
+            def at_rest() -> bool:
+                rows = {r["application_name"]: r for r in relay.status()["clients"]}
+                if set(rows) != {"s1", "s2", "rw"} or LSN.parse(rows["rw"]["sent_lsn"]) < end:
+                    return False
+                for name, standby in standbys.items():
+                    mine = standby.psql(
+                        "SELECT pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()"
+                    ).split("|")
+                    if (
+                        LSN.parse(mine[0]) < end
+                        or [rows[name]["flush_lsn"], rows[name]["replay_lsn"]] != mine
+                    ):
+                        return False
+                return True
+
+            wait_until(at_rest, what=f"the downstream at rest: {relay.status()['clients']}")
+            status = relay.status()
+            rows = {r["application_name"]: r for r in status["clients"]}
+            columns = primary.psql(
+                "SELECT string_agg(attname, ',' ORDER BY attnum) FROM pg_attribute "
+                "WHERE attrelid = 'pg_stat_replication'::regclass AND attnum > 0"
+            ).split(",")
+            for name, row in rows.items():
+                assert list(row)[: len(columns)] == columns, name
+                assert row["state"] == "streaming"
+                assert row["usename"] == "trust_user"
+                assert row["client_addr"] == "127.0.0.1"
+                assert LSN.parse(row["sent_lsn"]) >= end
+            for name, standby in standbys.items():
+                receiver = standby.psql(
+                    "SELECT status, sender_host, sender_port FROM pg_stat_wal_receiver"
+                )
+                assert receiver == f"streaming|127.0.0.1|{relay.port}", name
+            sync = [(rows[n]["sync_priority"], rows[n]["sync_state"]) for n in ("s1", "s2", "rw")]
+            assert sync == [(1, "sync"), (2, "potential"), (0, "async")]
+            assert rows["s1"]["backend_xmin"] is None
+            assert rows["rw"]["backend_xmin"] is None
+
+            def s2_xmin() -> str:
+                (row,) = [r for r in relay.status()["clients"] if r["application_name"] == "s2"]
+                return str(row["backend_xmin"])
+
+            wait_until(
+                lambda: primary.psql(
+                    "SELECT backend_xmin FROM pg_stat_replication WHERE application_name = 'relay'"
+                ) == s2_xmin() != "None",
+                what="the primary showing s2's feedback xmin for the relay",
+            )  # fmt: skip
+
+            def metrics_say_the_same() -> bool:
+                """/metrics between two /status reads that agree (WAL may still trickle in)."""
+                before = relay.status()
+                samples = _metric_samples(relay)
+                if relay.status()["clients"] != before["clients"]:
+                    return False
+                assert samples["walstream_sender_connections", ()] == 3
+                for row in before["clients"]:
+                    name = row["application_name"]
+                    labels = (("application_name", name), ("client_addr", "127.0.0.1"),
+                              ("pid", str(row["pid"])))  # fmt: skip
+                    for column in ("sent_lsn", "write_lsn", "flush_lsn", "replay_lsn"):
+                        key = f"walstream_client_{column}_bytes", labels
+                        if row[column] is None:
+                            assert key not in samples, (name, column)  # NULL: no sample
+                        else:
+                            assert samples[key] == LSN.parse(row[column]), (name, column)
+                    state = tuple(sorted((*labels, ("sync_state", row["sync_state"]))))
+                    assert samples["walstream_client_sync_state", state] == 1
+                    assert samples["walstream_client_sync_priority", labels] == row["sync_priority"]
+                return True
+
+            wait_until(metrics_say_the_same, what="two /status reads that agree")
+            samples = _metric_samples(relay)
+            upstream = status["upstream"]
+            assert upstream["timeline"] == 1
+            assert samples["walstream_upstream_flush_lsn_bytes", ()] >= end
+            assert LSN.parse(upstream["flush_lsn"]) >= end
+            wait_until(
+                lambda: primary.psql(
+                    "SELECT flush_lsn FROM pg_stat_replication WHERE application_name = 'relay'"
+                ) == relay.status()["upstream"]["flush_lsn"],
+                what="the primary showing the relay's flush position",
+            )  # fmt: skip
+        finally:
+            rw.send_signal(signal.SIGINT)
+            rw.communicate(timeout=30)
+        assert relay.stop(signal.SIGTERM) == 0, relay.log_text()
