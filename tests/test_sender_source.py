@@ -685,3 +685,48 @@ def test_an_abandoned_branch_past_the_fork_is_never_served(pg_factory) -> None: 
     assert _read_all(source, 2, k * SEG, switch) == old[:off]
     with pytest.raises(SourceError, match=f"{segment_name(2, k, SEG)} is missing"):
         source.read(2, switch, PIECE)
+
+
+@pytest.mark.parametrize("told", [False, True], ids=["listed", "writer-told"])
+def test_segments_removed_before_they_were_followed_are_passed_over(
+    tmp_path: Path, told: bool
+) -> None:
+    """A retention job removed segments this source had not followed yet (the relay's,
+    when one receiver batch completes more segments than it keeps): they were complete, so
+    the end goes on from the oldest segment there is. It used to stay before them for good.
+
+    Built with tests/walbuild.py: what is tested is the following, not the WAL.
+    """
+    from .walbuild import WalWriter, noop
+
+    writer = WalWriter(16)
+    while writer.pos < writer.start + 4 * SEG + 5000:
+        writer.add(noop(4000))
+    segments = writer.segments()
+    first = min(segments)
+    directory = tmp_path / "wal"
+    directory.mkdir()
+
+    def put(segno: int, suffix: str = "") -> None:
+        (directory / (writer.segment_name(segno) + suffix)).write_bytes(segments[segno])
+
+    put(first)
+    durable = [LSN((first + 1) * SEG)]
+    source = DirectorySource(
+        directory,
+        rescan_interval=3600 if told else 0,  # told: no listing but the one the fix makes
+        durable=(lambda: durable[0]) if told else None,
+    )
+    assert source.end_of_wal() == (first + 1) * SEG
+    for segno in range(first + 1, first + 4):
+        put(segno)
+    put(first + 4, ".partial")
+    for segno in range(first, first + 2):
+        (directory / writer.segment_name(segno)).unlink()
+    durable[0] = LSN(writer.pos)
+    source.refresh()
+    assert source.end_of_wal() == writer.pos
+    with pytest.raises(SegmentRemoved):
+        source.read(1, LSN((first + 1) * SEG), PIECE)
+    assert source.read(1, LSN((first + 2) * SEG), PIECE) == segments[first + 2][:PIECE]
+    source.close()

@@ -113,7 +113,10 @@ def add_receiver_arguments(p: argparse.ArgumentParser, *, relay: bool) -> None:
     )
     o.add_argument("-S", "--slot", metavar="SLOTNAME", help="replication slot to use")
     o.add_argument(
-        "--synchronous", action="store_true", help="flush write-ahead log immediately after writing"
+        "--synchronous",
+        action="store_true",
+        help="flush write-ahead log immediately after writing"
+        + (" (a relay always does: it serves only what is flushed)" if relay else ""),
     )
     if not relay:
         add_common_arguments(o)

@@ -190,7 +190,12 @@ async def _run(
         loop.add_signal_handler(sig, interrupted)
     try:
         try:
-            async with serving_http(http, receiver=relay.receiver, sender=_Clients(relay)):
+            async with serving_http(
+                http,
+                receiver=relay.receiver,
+                sender=_Clients(relay),
+                segments_removed=lambda: relay.segments_removed,
+            ):
                 await relay.run()
         finally:
             await _wait_for_hooks()

@@ -227,7 +227,12 @@ class WalSender:
         return None if self._core is None else self._core.oldest_feedback()
 
     def needed(self) -> tuple[list[LSN], list[LSN]]:
-        """What must be kept: every slot's restart_lsn, and every streaming client's position."""
+        """What must be kept: every slot's restart_lsn, and every streaming client's position.
+
+        May be called from another thread (the relay's writer, between two
+        segments): the sessions and slots are copied first (each copy one step
+        under the GIL), and each position read is one a client had.
+        """
         core = self._core
         if core is None:
             return [], []

@@ -569,11 +569,43 @@ class DirectorySource:
             if tail is None:
                 found = self._choose(self._end // self._seg, self._end, stat=True)
                 if found is None:
+                    if self._past_removed():
+                        continue
                     break
                 tail = self._tail = _Tail(found[0], self._end - self._end % self._seg, found[1])
             if not self._advance(tail):
                 break
         return self._end != before
+
+    def _past_removed(self) -> bool:
+        """The segment the end is in is gone and no earlier one is there: it was removed.
+
+        A retention job removes completed segments, oldest first, and may
+        remove one this source has not followed yet (the relay's removes in
+        its receiver's writer, and one batch of the receiver can complete more
+        segments than the keep size: tests/test_relay_failures.py saw a relay
+        stuck at such a segment for good, refusing its standbys' starting
+        points as ahead of its WAL). The segment was complete, so the WAL goes
+        on: the end moves to the start of the oldest segment there is (reads
+        before it are :class:`SegmentRemoved`). When the writer says it has
+        durable WAL past the end, the file was there: the directory is listed
+        at once; otherwise the next listing tells. True if the end moved.
+        """
+        if self._durable is not None and self._durable() > self._end:
+            self._scan()
+            if self._tail is not None:  # a new timeline was placed
+                return True
+        segno = self._end // self._seg
+        oldest = self._oldest
+        if oldest is None or oldest <= segno:
+            return False
+        log.debug(
+            "segments before %s were removed before they were followed",
+            segment_name(self._newest, oldest, self._seg),
+        )
+        self._end = oldest * self._seg
+        self._stop = None
+        return True
 
     def _advance(self, tail: _Tail) -> bool:
         """Follow ``tail``; True once its WAL is all counted and the next file may be looked for."""

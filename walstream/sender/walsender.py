@@ -537,7 +537,8 @@ class WalSenderSession:
 
     @property
     def streaming(self) -> bool:
-        return self._stream is not None and not self._stream.done_sending
+        stream = self._stream  # read once: the relay's writer thread asks too (WalSender.needed)
+        return stream is not None and not stream.done_sending
 
     def deadline(self) -> float | None:
         """When :meth:`timer` must be called next, if ever."""
