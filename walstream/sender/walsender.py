@@ -380,6 +380,12 @@ class WalSenderSession:
         # The shell can send FileRegions (plain TCP: os.sendfile); set by the
         # shell, cleared by a TLS handshake.
         self.zero_copy = False
+        # The rest of the segment being sent, as the source's region of its file
+        # (which never changes), and where it starts and ends: one region() per
+        # segment instead of one per message (4.7 us each, a tenth of the sender's CPU).
+        self._run: FileRegion | None = None
+        self._run_start = self._run_end = 0
+        self._run_timeline = 0
         self._auth: ServerAuthenticator | None = None
         self._auth_deadline = now + core.settings.authentication_timeout
         self._registered = False
@@ -893,14 +899,14 @@ class WalSenderSession:
             if end < request:
                 end -= end % XLOG_BLCKSZ  # whole pages, unless this reaches the request
             end = min(end, start - start % seg_size + seg_size)
-            payload: OutputPiece | None
+            payload: OutputPiece
             try:
-                payload = None if regions is None else regions.region(timeline, start, end - start)
-                if payload is None:
+                region = None if regions is None else self._region(regions, timeline, start, end)
+                if region is None:
                     payload = source.read(timeline, start, end - start)
                     size = len(payload)
                 else:
-                    size = payload.size
+                    payload, size = region, region.size
             except SegmentRemoved as e:
                 self._error(m.error_fields("ERROR", "58P01", str(e)))
                 return
@@ -939,6 +945,25 @@ class WalSenderSession:
                 self._keepalive(now, reply_requested=True)
                 self._out += self.conn.command_complete("COPY 0")
                 self._close("shutting down", quiet=True)
+
+    def _region(
+        self, regions: RegionSource, timeline: int, start: int, end: int
+    ) -> FileRegion | None:
+        """``[start, end)`` as a region of its file, from the run of its segment if known."""
+        run = self._run
+        if (
+            run is None
+            or timeline != self._run_timeline
+            or not self._run_start <= start < self._run_end
+        ):
+            seg_end = start - start % self.core.source.seg_size + self.core.source.seg_size
+            run = regions.region(timeline, LSN(start), seg_end - start)
+            self._run = run
+            if run is None:
+                return None
+            self._run_start, self._run_end, self._run_timeline = start, start + run.size, timeline
+        skip = start - self._run_start
+        return FileRegion(run.file, run.offset + skip, min(end, self._run_end) - start)
 
     def _became_historic(self, stream: _Stream) -> None:
         """The timeline being streamed ended upstream (a promotion): stop at its switch point.
@@ -1017,6 +1042,7 @@ class WalSenderSession:
         self._ready()
 
     def _end_stream(self) -> None:
+        self._run = None  # its file need not stay open
         if self._stream_slot is not None:
             self.core.slots.release(self._stream_slot)
         self._stream = None
