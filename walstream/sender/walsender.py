@@ -478,6 +478,8 @@ class WalSenderSession:
 
     def shutdown(self, now: float) -> None:
         """The sender is stopping: streams end once what the source has is sent."""
+        if self.conn.closed:
+            return  # the client's Terminate is decoded, not yet handled: nothing more to say
         if self._stream is not None:
             self.state = SessionState.STOPPING
             self._send_wal(now)
