@@ -32,6 +32,20 @@ What is measured of each sender, besides the wall time:
   largest ``VmHWM`` of one walsender (sampled every 50 ms while they run; it
   counts the shared memory each touched). walstream's one process serves
   all N clients; the primary runs N walsenders.
+* The clients' CPU time (all N, from ``wait4``), the machine's idle share
+  during the run, and the time ``walstream send`` spent runnable but waiting
+  for a core (``/proc/PID/schedstat``). On two cores the clients are most of
+  the work (writing 2 GiB per GiB received: pg_receivewal pads each segment
+  with zeros first), so the wall time follows everyone's CPU time; and where
+  the kernel's loopback TCP work is charged (sender or receiver) depends on
+  how the sender writes, so compare the sums too.
+
+The sender runs in a session of its own (``setsid``), as the postmaster
+does and as a service would: with the kernel's autogroup scheduling
+(``/proc/sys/kernel/sched_autogroup_enabled``) a process in the bench's own
+session would share one group's CPU with the N clients, while the primary's
+walsenders have their postmaster's group (measured: 8-22 s of the sender
+waiting for a core per N = 8 run instead of 2-4 s).
 
 Rounds interleave the two senders (which goes first alternates) and every N
 in each round; medians and the ratio primary / walstream (> 1: walstream
@@ -73,9 +87,14 @@ TOOLS = ("walstream", "primary")
 
 
 def _installed_env(pycache: Path) -> dict[str, str]:
-    """An installed walstream's environment: bytecode compiled once, then reused (catchup.py)."""
+    """An installed walstream's environment: bytecode compiled once, then reused (catchup.py).
+
+    The walstream measured is this checkout's, wherever the bench is run from.
+    """
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env["PYTHONPYCACHEPREFIX"] = str(pycache)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
     return env
 
 
@@ -278,6 +297,7 @@ class Bench:
             [*self.sender_cmd, "-D", str(self.backlog.wal), "--listen", f"127.0.0.1:{port}",
              "--max-wal-senders", str(max(10, n + 2))],
             env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            start_new_session=True,  # a service of its own, as the postmaster is (autogroup)
         )  # fmt: skip
         try:
             _wait_listening(port, sender)
@@ -429,9 +449,11 @@ def main() -> int:
             line = [f"N={n}:"]
             for tool in tools:
                 rs = results[tool, n]
+                total = statistics.median(r.cpu + r.clients_cpu for r in rs) / gib
                 line.append(
                     f"{tool} {statistics.median(r.wall for r in rs):.2f} s, "
-                    f"{statistics.median(r.cpu for r in rs) / gib:.2f} CPU s/GiB, "
+                    f"{statistics.median(r.cpu for r in rs) / gib:.2f} CPU s/GiB "
+                    f"(with the clients' {total:.2f}), "
                     f"peak RSS {max(r.rss for r in rs):.1f} MB;"
                 )
             if "primary" in tools:
