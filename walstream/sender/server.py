@@ -576,9 +576,9 @@ class WalSender:
                 self._send_direct(client)
             else:
                 assert wire.transport is not None
-                wire.transport.writelines(
-                    [p.read() if isinstance(p, FileRegion) else p for p in pieces]
-                )
+                data = self._as_bytes(client, pieces)
+                if data is not None:
+                    wire.transport.writelines(data)
         self._arm(client)
         if (
             session.closing
@@ -651,17 +651,18 @@ class WalSender:
                 self._end_direct(client)
                 return
             # The socket is full: a little goes to the transport, the rest waits.
-            if isinstance(piece, FileRegion):
-                part = FileRegion(piece.file, piece.offset, min(piece.size, _DIRECT_FALLBACK))
-                data: bytes | memoryview = part.read()
-                rest: OutputPiece | None = piece.tail(part.size) if part.size < piece.size else None
-            else:
-                data, rest = piece, None
+            rest: OutputPiece | None = None
+            if isinstance(piece, FileRegion) and piece.size > _DIRECT_FALLBACK:
+                rest = piece.tail(_DIRECT_FALLBACK)
+                piece = FileRegion(piece.file, piece.offset, _DIRECT_FALLBACK)
+            data = self._as_bytes(client, [piece])
+            if data is None:
+                return
             if rest is None:
                 pending.popleft()
             else:
                 pending[0] = rest
-            transport.write(data)
+            transport.writelines(data)
 
     def _end_direct(self, client: _Client) -> None:
         """From now on the transport writes everything, starting with the client's queue."""
@@ -671,10 +672,25 @@ class WalSender:
         client.session.zero_copy = False
         pending, transport = client.pending, client.wire.transport
         if pending and transport is not None and not transport.is_closing():
-            transport.writelines([p.read() if isinstance(p, FileRegion) else p for p in pending])
+            data = self._as_bytes(client, list(pending))
+            if data is not None:
+                transport.writelines(data)
         pending.clear()
         if transport is not None:
             transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
+
+    def _as_bytes(
+        self, client: _Client, pieces: list[OutputPiece]
+    ) -> list[bytes | memoryview] | None:
+        """The pieces, regions read; None (and the client dropped) if a region cannot be."""
+        try:
+            return [p.read() if isinstance(p, FileRegion) else p for p in pieces]
+        except (OSError, SourceError) as e:
+            # Its header may be out already: the stream cannot go on (the client reconnects).
+            log.warning("connection %d: %s", client.session.pid, e)
+            client.pending.clear()
+            client.wire.abort()
+            return None
 
     def _drained(self, client: _Client) -> None:
         """The transport has written what it held: the queue, then more WAL."""
