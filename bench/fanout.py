@@ -120,18 +120,19 @@ def _hwm(pid: int) -> float:
 
 
 def _walsenders(postmaster: int) -> list[int]:
-    """The postmaster's children that are walsenders."""
+    """The postmaster's children that are walsenders, or ended and not yet reaped."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
-                stat = f.read()
-            if int(stat.rsplit(")", 1)[1].split()[1]) != postmaster:
+                state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
+            if int(ppid) != postmaster:
                 continue
             with open(f"/proc/{entry}/cmdline", "rb") as f:
-                if f.read().startswith(b"postgres: walsender"):
+                # A zombie's times reach the postmaster's cutime once it is reaped.
+                if state == "Z" or f.read().startswith(b"postgres: walsender"):
                     found.append(int(entry))
         except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
             continue
