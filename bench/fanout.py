@@ -119,22 +119,30 @@ def _hwm(pid: int) -> float:
     return 0.0
 
 
-def _walsenders(postmaster: int) -> list[int]:
-    """The postmaster's children that are walsenders, or ended and not yet reaped."""
-    found = []
+def _children(parent: int) -> set[int]:
+    """The processes whose parent is ``parent``, ended ones not yet reaped included."""
+    found = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
-                state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
-            if int(ppid) != postmaster:
-                continue
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                # A zombie's times reach the postmaster's cutime once it is reaped.
-                if state == "Z" or f.read().startswith(b"postgres: walsender"):
-                    found.append(int(entry))
+                if int(f.read().rsplit(")", 1)[1].split()[1]) == parent:
+                    found.add(int(entry))
         except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue
+    return found
+
+
+def _walsenders(postmaster: int) -> list[int]:
+    """The postmaster's children that are walsenders."""
+    found = []
+    for pid in _children(postmaster):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read().startswith(b"postgres: walsender"):
+                    found.append(pid)
+        except (FileNotFoundError, ProcessLookupError):
             continue
     return found
 
@@ -324,13 +332,16 @@ class Bench:
         cluster = self.cluster
         assert cluster is not None
         postmaster = int((cluster.datadir / "postmaster.pid").read_text().split()[0])
+        before = _children(postmaster)  # its own processes (checkpointer, walwriter, ...)
         sampler = _Sampler([], postmaster)
         sampler.start()
         _, child0 = _cpu(postmaster)
         wall, clients, idle, dirs = self._clients(cluster.conninfo("trust_user"), n, rnd)
         rss = sampler.stop()
         deadline = time.monotonic() + 30
-        while _walsenders(postmaster):  # reaped: their times are in cutime
+        # Until each walsender is reaped (an ending one has no cmdline, then is a
+        # zombie): only then are its times in the postmaster's cutime.
+        while _children(postmaster) - before:
             if time.monotonic() > deadline:
                 raise TimeoutError("the primary's walsenders do not end")
             time.sleep(0.01)
