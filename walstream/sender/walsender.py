@@ -12,7 +12,10 @@ It does no I/O: the shell (:mod:`.server`) feeds it the client's bytes
 (:meth:`~WalSenderSession.receive_data`), tells it the time, runs the TLS
 handshake it asks for, calls it back when the source has more WAL or its
 timer (:meth:`~WalSenderSession.deadline`) fires, and writes out what
-:meth:`~WalSenderSession.data_to_send` returns. WAL comes through the
+:meth:`~WalSenderSession.pieces_to_send` returns: protocol bytes, and WAL
+as the source gave it, never copied to be framed (on plain TCP, where the
+shell sets :attr:`~WalSenderSession.zero_copy`, as file regions the shell
+has the kernel send). WAL comes through the
 :class:`~walstream.sender.source.WalSource` interface of the shared
 :class:`SenderCore`, and pg_stat_replication's row through :meth:`status`.
 
@@ -372,7 +375,7 @@ class WalSenderSession:
         self.backend_start = wall_clock
         self._started_monotonic = now
         self.want_tls = False  # the shell must run the TLS handshake before feeding more
-        self.closing = False  # the shell closes the connection once data_to_send is sent
+        self.closing = False  # the shell closes the connection once pieces_to_send is sent
         self.close_reason: str | None = None  # for the shell's log line
         self._out = bytearray()  # protocol messages not yet in _pieces
         self._pieces: list[OutputPiece] = []
