@@ -247,6 +247,19 @@ def test_replies_keepalives_and_wal_sender_timeout() -> None:
     assert session.close_reason == "terminating walsender process due to replication timeout"
 
 
+def test_a_terminate_not_yet_handled_when_the_sender_stops() -> None:
+    # The wire decodes as bytes arrive; the shell handles the events later. A
+    # sender stopping in between has nothing more to say to that client.
+    pipe = Pipe(core())
+    pipe.login()
+    _stream(pipe, "START_REPLICATION 0/200000 TIMELINE 1")
+    events = pipe.session.conn.receive_data(m.Terminate().encode())
+    pipe.session.shutdown(pipe.now)
+    assert pipe.session.data_to_send() == b""
+    pipe.session.handle(events, pipe.now)
+    assert pipe.session.closing
+
+
 def _refused_start(pipe: Pipe, sql: str) -> ServerError:
     """START_REPLICATION that enters COPY and is then refused (an ERROR ends the COPY)."""
     assert pipe.run(generators.start_replication(pipe.client, sql)) is None

@@ -596,16 +596,19 @@ class ServerConnection:
 
     def xlog_data(self, msg: XLogData) -> bytes:
         """Frame XLogData, copying the WAL bytes only once."""
-        self._require_sending_copy("XLogData")
-        header = _XLOG_FRAME.pack(
-            b"d",
-            4 + 1 + XLOGDATA_HEADER.size + len(msg.data),
-            b"w",
-            msg.data_start,
-            msg.wal_end,
-            msg.send_time,
-        )
+        header = self.xlog_data_header(msg.data_start, msg.wal_end, msg.send_time, len(msg.data))
         return header + msg.data
+
+    def xlog_data_header(self, data_start: int, wal_end: int, send_time: int, size: int) -> bytes:
+        """The first 30 bytes of an XLogData message whose ``size`` WAL bytes follow it.
+
+        A sender writes this and then the WAL itself, which is never copied to
+        be framed (or is sent by the kernel straight from the segment file).
+        """
+        self._require_sending_copy("XLogData")
+        return _XLOG_FRAME.pack(
+            b"d", 4 + 1 + XLOGDATA_HEADER.size + size, b"w", data_start, wal_end, send_time
+        )
 
     def keepalive(self, wal_end: int, send_time: int, reply_requested: bool = False) -> bytes:
         """A primary keepalive; ``send_time`` is microseconds since 2000-01-01 UTC."""

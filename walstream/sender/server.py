@@ -15,9 +15,18 @@ every streaming session whose client is keeping up: a slow client's
 transport buffer pauses only that client (asyncio's write flow control),
 so it never delays another or makes the sender buffer without bound.
 
-What many clients read is read once: a small cache of recent chunks sits
-in front of the source, keyed by where walsender.c's cutting puts chunk
-boundaries (128 kB steps from a segment start), which every client shares.
+What many clients read is read once. On plain TCP, WAL in completed,
+uncompressed segments is not read at all: the kernel sends it from the page
+cache, which every client shares (``os.sendfile`` on the socket while the
+transport has nothing queued, XLogData's 30-byte header just before it with
+``MSG_MORE``). When the socket is full, a page of what is left goes through
+the transport, whose drain calls the client back, and the rest waits in the
+client's queue (one offer's worth at most). Everything else (TLS, Unix
+sockets, the ``.partial`` being written, compressed segments) is read
+through a small cache of recent chunks, keyed by where walsender.c's cutting
+puts chunk boundaries (128 kB steps from a segment start), which every
+client shares, and written as the header and the bytes read (no copy to
+frame or join them).
 
 Errors: :class:`SenderError` for what stops the sender from starting (a
 listen address, a bad pg_hba or passwords file, TLS files).
@@ -48,9 +57,10 @@ from walstream.sender.auth import tls_server_end_point_from_pem
 from walstream.sender.hba import HbaRules, default_hba_rules, read_hba_file
 from walstream.sender.hostinfo import client_certificate, interface_addresses, peer_user
 from walstream.sender.passwords import Verifier, load_passwords
-from walstream.sender.source import SourceError, WalSource
+from walstream.sender.source import FileRegion, RegionSource, SourceError, WalSource
 from walstream.sender.syncrep import SyncStandbyNamesError, parse_synchronous_standby_names
 from walstream.sender.walsender import (
+    OutputPiece,
     ReplicationSlots,
     SenderCore,
     SenderSettings,
@@ -67,6 +77,10 @@ log = logging.getLogger("walstream.sender")
 
 _TLS_HANDSHAKE_BYTE: Final = 0x16  # a TLS record of type handshake: PostgreSQL 17's direct TLS
 _WRITE_HIGH_WATER: Final = 1024 * 1024  # per client: a slow client stops being offered WAL
+# A direct client's transport holds at most what did not fit in the socket
+# (one page of a region, or the bytes before it): any of it pauses the
+# client until the socket drains.
+_DIRECT_FALLBACK: Final = 8192
 _CACHE_CHUNKS: Final = 128  # 128 kB each: 16 MB of recently read WAL shared by every client
 _STOP_GRACE: Final = 10.0  # seconds a stopping sender waits for clients to take what is left
 # How often a slot whose restart_lsn moved is written (two fsyncs, about 0.7 ms):
@@ -183,6 +197,10 @@ class _Client:
     wire: Wire[ServerEvent]
     task: asyncio.Task[None] | None = None
     timer: asyncio.TimerHandle | None = None
+    # Plain TCP: what is written goes straight to the socket (see _send_direct).
+    sock: socket.socket | None = None
+    direct: bool = False
+    pending: collections.deque[OutputPiece] = field(default_factory=collections.deque)
 
 
 class WalSender:
@@ -337,7 +355,9 @@ class WalSender:
         slots = ReplicationSlots(
             saved, max_slots=o.max_replication_slots, on_change=self._slot_changed
         )
-        core = SenderCore(_SharedSource(self._cache), settings, slots)
+        # Regions are not cached: the page cache is the cache.
+        regions = source if isinstance(source, RegionSource) else None
+        core = SenderCore(_SharedSource(self._cache), settings, slots, regions=regions)
         core.on_progress = self.on_progress
         return core
 
@@ -483,8 +503,13 @@ class WalSender:
             sock.close()
             return
         assert wire.transport is not None
-        wire.transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
-        wire.on_drained = lambda: self._offer_wal(client)
+        if not unix and not direct:
+            client.sock, client.direct = sock, True
+            session.zero_copy = core.regions is not None
+            wire.transport.set_write_buffer_limits(high=0)
+        else:
+            wire.transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
+        wire.on_drained = lambda: self._drained(client)
         self._clients.add(client)
         client.task = asyncio.current_task()
         # authentication_timeout runs from the accept, as PostgreSQL's covers the
@@ -550,6 +575,7 @@ class WalSender:
             session.handle(events, loop.time())
             if session.want_tls:
                 wire.pause_reading()  # the ClientHello must reach the TLS layer, not us
+                self._end_direct(client)
                 self._flush(client)
                 if not await self._tls(client, direct=False):
                     return
@@ -579,10 +605,18 @@ class WalSender:
     def _flush(self, client: _Client) -> None:
         """Write what the session has to say; re-arm its timer; close it once it is done."""
         session, wire = client.session, client.wire
-        data = session.data_to_send()
-        if data and not wire.is_closing:
-            assert wire.transport is not None
-            wire.transport.write(data)
+        if session.closing and client.direct:
+            self._end_direct(client)  # the transport sends what is left before it closes
+        pieces = session.pieces_to_send()
+        if pieces and not wire.is_closing:
+            if client.direct:
+                client.pending.extend(pieces)
+                self._send_direct(client)
+            else:
+                assert wire.transport is not None
+                data = self._as_bytes(client, pieces)
+                if data is not None:
+                    wire.transport.writelines(data)
         self._arm(client)
         if (
             session.closing
@@ -609,13 +643,111 @@ class WalSender:
         client.session.timer(loop.time())
         self._flush(client)
 
+    def _send_direct(self, client: _Client) -> None:
+        """Write the client's queue to its socket ourselves, regions with ``os.sendfile``.
+
+        Only while the transport holds nothing (it would go first). What the
+        socket does not take stays queued, but for a little of it handed to
+        the transport, which pauses the client (its high-water mark is 0)
+        and calls :meth:`_drained` once the socket has taken it.
+        """
+        pending, transport, sock = client.pending, client.wire.transport, client.sock
+        assert transport is not None
+        assert sock is not None
+        while pending and not transport.get_write_buffer_size():
+            piece = pending[0]
+            try:
+                if isinstance(piece, FileRegion):
+                    sent = os.sendfile(sock.fileno(), piece.fileno, piece.offset, piece.size)
+                    if sent == piece.size:
+                        pending.popleft()
+                        continue
+                    if sent:
+                        piece = pending[0] = piece.tail(sent)
+                else:
+                    run: list[bytes | memoryview] = []
+                    for p in pending:
+                        if isinstance(p, FileRegion):
+                            break
+                        run.append(p)
+                    # MSG_MORE: the WAL after a header follows at once, in the same segment.
+                    more = socket.MSG_MORE if len(run) < len(pending) else 0
+                    sent = sock.sendmsg(run, (), more)
+                    for p in run:
+                        if sent < len(p):
+                            if sent:
+                                piece = pending[0] = memoryview(p)[sent:]
+                            break
+                        sent -= len(p)
+                        pending.popleft()
+                    else:
+                        continue
+            except BlockingIOError:
+                pass
+            except OSError:
+                # Reset or broken: the transport meets the same error and reports it.
+                self._end_direct(client)
+                return
+            # The socket is full: a little goes to the transport, the rest waits.
+            rest: OutputPiece | None = None
+            if isinstance(piece, FileRegion) and piece.size > _DIRECT_FALLBACK:
+                rest = piece.tail(_DIRECT_FALLBACK)
+                piece = FileRegion(piece.file, piece.offset, _DIRECT_FALLBACK)
+            data = self._as_bytes(client, [piece])
+            if data is None:
+                return
+            if rest is None:
+                pending.popleft()
+            else:
+                pending[0] = rest
+            transport.writelines(data)
+
+    def _end_direct(self, client: _Client) -> None:
+        """From now on the transport writes everything, starting with the client's queue."""
+        if not client.direct:
+            return
+        client.direct = False
+        client.session.zero_copy = False
+        pending, transport = client.pending, client.wire.transport
+        if pending and transport is not None and not transport.is_closing():
+            data = self._as_bytes(client, list(pending))
+            if data is not None:
+                transport.writelines(data)
+        pending.clear()
+        if transport is not None:
+            transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
+
+    def _as_bytes(
+        self, client: _Client, pieces: list[OutputPiece]
+    ) -> list[bytes | memoryview] | None:
+        """The pieces, regions read; None (and the client dropped) if a region cannot be."""
+        try:
+            return [p.read() if isinstance(p, FileRegion) else p for p in pieces]
+        except (OSError, SourceError) as e:
+            # Its header may be out already: the stream cannot go on (the client reconnects).
+            log.warning("connection %d: %s", client.session.pid, e)
+            client.pending.clear()
+            client.wire.abort()
+            return None
+
+    def _drained(self, client: _Client) -> None:
+        """The transport has written what it held: the queue, then more WAL."""
+        if client.direct and client.pending and not client.wire.is_closing:
+            self._send_direct(client)
+        self._offer_wal(client)
+
     def _offer_wal(self, client: _Client) -> None:
         loop = self._loop
         assert loop is not None
         session, wire = client.session, client.wire
-        # Until the client's transport buffer is full (asyncio then pauses
-        # writing, and resume_writing offers again) or the WAL there is, is sent.
-        while not wire.write_paused and not wire.is_closing and session.wants_wal:
+        # Until the client's socket or transport buffer is full (writing then
+        # pauses, and the drain offers again) or the WAL there is, is sent.
+        while (
+            not wire.write_paused
+            and not client.pending
+            and not wire.is_closing
+            and session.wants_wal
+        ):
             session.wal_available(loop.time())
             self._flush(client)
             if not session.more_to_send:

@@ -10,6 +10,11 @@ The interface is synchronous and does no waiting: the sender's shell asks
 what is there (:meth:`WalSource.refresh` for a source that must look, as a
 directory must), and is told of more by whoever writes it (the relay).
 
+A source whose WAL is in files may also say where (:class:`RegionSource`):
+a :class:`FileRegion` of a completed, uncompressed segment, which the shell
+has the kernel send straight from the page cache (``os.sendfile``) instead
+of reading it into Python first.
+
 Errors: :class:`SegmentRemoved` (the requested WAL is no longer there, as
 PostgreSQL's 58P01 words it), :class:`SourceError` (the directory cannot
 be served: no WAL, a damaged completed segment, WAL of two systems, a
@@ -18,13 +23,15 @@ missing history file, a hole in the WAL).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Final, Protocol, runtime_checkable
 
 from walstream.errors import Error
 from walstream.lsn import LSN
@@ -47,7 +54,14 @@ from walstream.wal.segment import (
     timelines_for_segment,
 )
 
-__all__ = ["DirectorySource", "SegmentRemoved", "SourceError", "WalSource"]
+__all__ = [
+    "DirectorySource",
+    "FileRegion",
+    "RegionSource",
+    "SegmentRemoved",
+    "SourceError",
+    "WalSource",
+]
 
 log = logging.getLogger("walstream.sender.source")
 
@@ -63,6 +77,7 @@ _PAGE_HEADER: Final = 24  # SizeOfXLogShortPHD: a page never written is zeros he
 _JUMP_LAG: Final = 1024 * 1024
 _JUMP_BACK: Final = 256 * 1024
 _RECHECK_PIECE: Final = 64 * 1024  # fed at a time to re-check a stop in a segment just completed
+_OPEN_SEGMENTS: Final = 16  # completed segments kept open for regions (clients at other places)
 
 
 class SourceError(Error):
@@ -123,6 +138,68 @@ class WalSource(Protocol):
         for an older timeline, at its switch point. Raises
         :class:`SegmentRemoved` when the segment of ``start`` is gone.
         """
+        ...
+
+
+class _OpenSegment:
+    """A completed segment file, held open while regions of it may still be sent.
+
+    Closed when the last reference goes: a region being sent keeps it open
+    even if the source has moved on (or the file was removed since).
+    """
+
+    __slots__ = ("fd", "size")
+
+    def __init__(self, path: Path) -> None:
+        self.fd = -1
+        self.fd = os.open(path, os.O_RDONLY)
+        self.size = os.fstat(self.fd).st_size
+
+    def __del__(self) -> None:
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+
+
+@dataclass(frozen=True, eq=False, slots=True)
+class FileRegion:
+    """``size`` bytes of WAL at ``offset`` of an open, completed segment file.
+
+    The bytes :meth:`WalSource.read` would return, which never change (a
+    completed segment is never rewritten), for the shell to send with
+    ``os.sendfile(socket, region.fileno, region.offset, region.size)``.
+    """
+
+    file: _OpenSegment
+    offset: int
+    size: int
+
+    @property
+    def fileno(self) -> int:
+        return self.file.fd
+
+    def tail(self, sent: int) -> FileRegion:
+        """What is left after the first ``sent`` bytes went."""
+        return FileRegion(self.file, self.offset + sent, self.size - sent)
+
+    def read(self) -> bytes:
+        """The bytes themselves (for a client that cannot take them from the file)."""
+        data = os.pread(self.file.fd, self.size, self.offset)
+        if len(data) != self.size:  # checked against its size at open: the file shrank
+            raise SourceError(
+                f"a completed WAL segment shrank while being sent: {len(data)} of "
+                f"{self.size} bytes at offset {self.offset}"
+            )
+        return data
+
+
+@runtime_checkable
+class RegionSource(Protocol):
+    """A source that can say where its WAL is in files (see :class:`FileRegion`)."""
+
+    def region(self, timeline: int, start: LSN, size: int) -> FileRegion | None:
+        """What ``read(timeline, start, size)`` would return, as a region of a completed,
+        uncompressed segment file; None where it is not in one (read it instead)."""
         ...
 
 
@@ -231,6 +308,7 @@ class DirectorySource:
         self._stop: int | None = None  # where decoding last stopped, until it gets past it
         self._stats = RecordStats()  # scan_stats counts into it; nobody reads it
         self._read_fd: tuple[Path, int] | None = None
+        self._open_segments: OrderedDict[Path, _OpenSegment] = OrderedDict()
         self._scan()
         if self._identity is None:
             raise SourceError(f'no WAL in "{self.path}"')
@@ -287,6 +365,7 @@ class DirectorySource:
         if self._read_fd is not None:
             os.close(self._read_fd[1])
             self._read_fd = None
+        self._open_segments.clear()  # each closes once no region being sent holds it
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -302,44 +381,79 @@ class DirectorySource:
         place, the file may hold less than it did: fewer bytes (even none)
         come back until it has caught up; the caller tries again later.
         """
-        seg = self._seg
-        pos = int(start)
-        limit = self._limit_of(timeline)
-        if size <= 0 or pos >= limit:
-            return b""
-        segno = pos // seg
-        scanned = False
         for _ in range(3):
-            found = self._choose(segno, pos, stat=True)
+            found = self._locate(timeline, start, size)
             if found is None:
-                if not scanned and (self._oldest is None or segno >= self._oldest):
-                    self._scan()  # removed meanwhile, or a hole: the listing says which
-                    scanned = True
-                    continue
-                name = segment_name(timeline, segno, seg)
-                if self._oldest is None or segno < self._oldest:
-                    raise SegmentRemoved(name)
-                raise SourceError(
-                    f'WAL segment {name} is missing from "{self.path}", which has '
-                    f"{segment_name(timeline, self._oldest, seg)} and later ones"
-                )
-            file, file_limit = found
-            n = min(size, limit - pos, file_limit - pos)
+                return b""
+            file, offset, n = found
             try:
-                data = self._pread(file, pos - segno * seg, n)
+                data = self._pread(file, offset, n)
             except FileNotFoundError:
                 # Renamed (.partial completed) or removed since it was listed.
-                self._files.pop((file.timeline, segno), None)
+                self._files.pop((file.timeline, file.segno), None)
                 continue
             except (OSError, ValueError) as e:
                 raise SourceError(f'could not read "{file.path}": {e}') from None
             if len(data) < n and file.complete:
                 raise SourceError(
-                    f'WAL segment "{file.path}" holds {pos - segno * seg + len(data)} bytes, '
-                    f"expected {seg}"
+                    f'WAL segment "{file.path}" holds {offset + len(data)} bytes, '
+                    f"expected {self._seg}"
                 )
             return data
-        raise SourceError(f"WAL segment {segment_name(timeline, segno, seg)} keeps disappearing")
+        name = segment_name(timeline, int(start) // self._seg, self._seg)
+        raise SourceError(f"WAL segment {name} keeps disappearing")
+
+    def region(self, timeline: int, start: LSN, size: int) -> FileRegion | None:
+        """Where :meth:`read` would take its bytes from, if that is a completed, plain file.
+
+        None for a ``.partial`` (still being written; where its WAL ends is
+        the decoder's to say), a compressed file, and wherever :meth:`read`
+        would raise or come back short (it then says why). Files stay open
+        between calls (the last few): one open per segment, not per message.
+        """
+        found = self._locate(timeline, start, size)
+        if found is None:
+            return None
+        file, offset, n = found
+        if file.partial or file.compression:
+            return None
+        opened = self._open_segments.get(file.path)
+        if opened is None:
+            try:
+                opened = _OpenSegment(file.path)
+            except OSError:
+                return None  # gone since it was listed: read() looks again
+            self._open_segments[file.path] = opened
+            if len(self._open_segments) > _OPEN_SEGMENTS:
+                self._open_segments.popitem(last=False)
+        else:
+            self._open_segments.move_to_end(file.path)
+        if offset + n > opened.size:
+            return None
+        return FileRegion(opened, offset, n)
+
+    def _locate(self, timeline: int, start: LSN, size: int) -> tuple[SegmentFile, int, int] | None:
+        """The file, offset and length of what ``read(timeline, start, size)`` returns."""
+        seg = self._seg
+        pos = int(start)
+        limit = self._limit_of(timeline)
+        if size <= 0 or pos >= limit:
+            return None
+        segno = pos // seg
+        found = self._choose(segno, pos, stat=True)
+        if found is None and (self._oldest is None or segno >= self._oldest):
+            self._scan()  # removed meanwhile, or a hole: the listing says which
+            found = self._choose(segno, pos, stat=True)
+        if found is None:
+            name = segment_name(timeline, segno, seg)
+            if self._oldest is None or segno < self._oldest:
+                raise SegmentRemoved(name)
+            raise SourceError(
+                f'WAL segment {name} is missing from "{self.path}", which has '
+                f"{segment_name(timeline, self._oldest, seg)} and later ones"
+            )
+        file, file_limit = found
+        return file, pos - segno * seg, min(size, limit - pos, file_limit - pos)
 
     def _limit_of(self, timeline: int) -> int:
         if timeline == self._newest:
