@@ -33,6 +33,7 @@ DEMO_ROLES: Final[dict[str, tuple[str | None, str]]] = {
     "walstream": ("walstream", "scram-sha-256"),
 }
 
+
 def find_bindir(version: int) -> Path | None:
     """Where the server programs of ``version`` are, or None."""
     override = os.environ.get(f"WALSTREAM_PG{version}_BINDIR")

@@ -56,4 +56,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"walstream: unknown command {argv[0]!r} (try --help)", file=sys.stderr)
         return 2
     return entry[0](argv[1:])
-

@@ -115,7 +115,6 @@ def tls_server_end_point(certificate_der: bytes) -> bytes:
     return hashlib.new(digest, certificate_der).digest()
 
 
-
 def _binding(certificate: bytes) -> bytes:
     try:
         return tls_server_end_point(certificate)

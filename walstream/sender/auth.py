@@ -196,6 +196,7 @@ class ClientCertificate:
 # tls-server-end-point (RFC 5929 section 4.1)
 # ---------------------------------------------------------------------------
 
+
 # Signature algorithm OIDs (DER content bytes) -> the digest that signs.
 def tls_server_end_point_from_pem(pem: str) -> bytes:
     """:func:`tls_server_end_point` of the first certificate in PEM text (a cert file)."""

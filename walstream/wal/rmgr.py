@@ -312,6 +312,7 @@ def record_type_name(rmid: int, info: int, version: int = 18) -> str:
 # Payloads
 # ---------------------------------------------------------------------------
 
+
 def _unix_time(seconds: int) -> datetime | None:
     try:
         return datetime.fromtimestamp(seconds, UTC)

@@ -168,9 +168,7 @@ class LongPageHeader:
         """
         if len(head) < LONG_PAGE_HEADER_SIZE:
             return None
-        magic, info, tli, addr, _rem, sysid, seg_size, blcksz = _LONG_PAGE_HEADER.unpack_from(
-            head
-        )
+        magic, info, tli, addr, _rem, sysid, seg_size, blcksz = _LONG_PAGE_HEADER.unpack_from(head)
         return cls(magic, info, tli, LSN(addr), sysid, seg_size, blcksz)
 
 
