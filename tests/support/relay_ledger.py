@@ -23,7 +23,6 @@ from typing import Any
 
 
 def _install(fd: int) -> None:
-    from walstream.protocol.replication import XLogData
     from walstream.protocol.server import ServerConnection
     from walstream.storage.directory import WalDirectory
 
@@ -43,13 +42,17 @@ def _install(fd: int) -> None:
             obj.__dict__["_ledger_flushed"] = value
 
     WalDirectory.flushed = Flushed()  # type: ignore[assignment,method-assign]
-    framed = ServerConnection.xlog_data
+    # Every XLogData's header is made here, whether its WAL follows from a
+    # buffer or straight from the segment file (sendfile): one hook sees all.
+    framed = ServerConnection.xlog_data_header
 
-    def xlog_data(self: ServerConnection, msg: XLogData) -> bytes:
-        record(f"S {int(msg.data_start)} {int(msg.data_start) + len(msg.data)}\n")
-        return framed(self, msg)
+    def xlog_data_header(
+        self: ServerConnection, data_start: int, wal_end: int, send_time: int, size: int
+    ) -> bytes:
+        record(f"S {int(data_start)} {int(data_start) + size}\n")
+        return framed(self, data_start, wal_end, send_time, size)
 
-    ServerConnection.xlog_data = xlog_data  # type: ignore[method-assign]
+    ServerConnection.xlog_data_header = xlog_data_header  # type: ignore[method-assign]
 
 
 def main() -> int:
