@@ -16,30 +16,9 @@ from pathlib import Path
 import pytest
 
 from .pgcluster import VERSIONS, PgCluster, wait_until
-from .support.sender import RelayProcess
+from .support.sender import RelayProcess, standby_behind
 
 IDS = [f"pg{v}" for v in VERSIONS]
-
-
-def _standby(primary: PgCluster, relay: RelayProcess, name: str, **conf: str) -> PgCluster:
-    """A hot standby made with pg_basebackup from the primary, streaming from the relay."""
-    backup = primary.base_backup(primary.base / f"{name}.backup", "-X", "none")
-    standby = PgCluster.from_backup(
-        primary.version,
-        backup,
-        primary.base,
-        name=name,
-        conf={
-            "primary_conninfo": f"'{relay.conninfo(application_name=name)}'",
-            "hot_standby": "on",
-            "wal_receiver_status_interval": "1s",
-            **conf,
-        },
-        signal="standby",
-    )
-    primary.standbys.append(standby)
-    standby.start()
-    return standby
 
 
 def _commit_in_background(primary: PgCluster, sql: str) -> subprocess.Popen[str]:
@@ -77,7 +56,7 @@ def test_rows_reach_a_standby_behind_the_relay_and_each_hop_lists_the_next(
     primary: PgCluster = pg_factory(version, wal_segsize_mb=1)
     primary.psql("CREATE TABLE t(x int)")
     with _relay(primary, tmp_path) as relay:
-        standby = _standby(primary, relay, "behind")
+        standby = standby_behind(primary, relay, "behind")
         for i in range(3):
             primary.psql(f"INSERT INTO t SELECT g FROM generate_series(1, {1000 * (i + 1)}) g")
             primary.psql("SELECT pg_switch_wal()")
@@ -119,7 +98,7 @@ def test_a_commit_waits_for_the_standby_behind_the_cascade(pg_factory, tmp_path:
     primary.psql("CREATE TABLE t(x int)")
     primary.set_conf(synchronous_standby_names="relay")
     with _relay(primary, tmp_path, "--synchronous-standby-names", "s1") as relay:
-        standby = _standby(primary, relay, "s1")
+        standby = standby_behind(primary, relay, "s1")
         primary.psql("INSERT INTO t VALUES (1)")  # returns: s1 confirmed it through the relay
         wait_until(
             lambda: [c["sync_state"] for c in relay.status()["clients"]] == ["sync"],
@@ -143,8 +122,8 @@ def test_any_1_of_two_standbys_does_not_wait_for_either_one(pg_factory, tmp_path
     primary.psql("CREATE TABLE t(x int)")
     primary.set_conf(synchronous_standby_names="relay")
     with _relay(primary, tmp_path, "--synchronous-standby-names", "ANY 1 (s1, s2)") as relay:
-        s1 = _standby(primary, relay, "s1")
-        s2 = _standby(primary, relay, "s2")
+        s1 = standby_behind(primary, relay, "s1")
+        s2 = standby_behind(primary, relay, "s2")
         primary.psql("INSERT INTO t VALUES (1)")
         wait_until(
             lambda: (
@@ -171,7 +150,7 @@ def test_hot_standby_feedback_reaches_the_primary_through_the_relay(
     primary: PgCluster = pg_factory(15, wal_segsize_mb=1)
     primary.psql("CREATE TABLE t(x int)")
     with _relay(primary, tmp_path) as relay:
-        standby = _standby(primary, relay, "fb", hot_standby_feedback="on")
+        standby = standby_behind(primary, relay, "fb", hot_standby_feedback="on")
         primary.psql("INSERT INTO t VALUES (1)")
         wait_until(lambda: standby.psql("SELECT count(*) FROM t") == "1", what="row 1")
         psql = standby.program("psql")

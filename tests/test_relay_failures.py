@@ -12,18 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import random
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -34,80 +29,10 @@ from walstream.errors import ServerError
 from walstream.wal.segment import parse_segment_name, segment_name
 
 from .pgcluster import VERSIONS, PgCluster, wait_until
-from .support.sender import SenderProcess, free_port
+from .support.sender import RelayProcess, standby_behind
 from .test_receiver_crash import _commit_ends
 
 SEG = 1024 * 1024
-_ROOT = Path(__file__).resolve().parents[1]  # where `python -m tests.support...` runs
-
-
-class _Relay(SenderProcess):
-    """``python -m walstream.relay`` streaming from ``upstream``, serving on its own port.
-
-    ``start()`` returns once it listens, which it does once the upstream's
-    first WAL is in its directory; /status and /metrics on port ``http``.
-    With ``ledger``, it runs through tests/support/relay_ledger.py.
-    """
-
-    def __init__(
-        self, directory: Path, upstream: str, *args: str, ledger: Path | None = None
-    ) -> None:
-        super().__init__(directory, *args)
-        self.upstream = upstream
-        self.http = free_port()
-        self.log = directory.parent / f"relay-{self.port}.log"
-        self.ledger = ledger
-
-    def start(self) -> _Relay:
-        program = ["-m", "walstream.relay"]
-        if self.ledger is not None:
-            program = ["-m", "tests.support.relay_ledger", str(self.ledger)]
-        cmd = [sys.executable, *program, "-D", str(self.directory),
-               "-d", self.upstream, "--listen", f"127.0.0.1:{self.port}",
-               "--http", f"127.0.0.1:{self.http}", "-v", *self.args]  # fmt: skip
-        with open(self.log, "a") as log:
-            proc = self.proc = subprocess.Popen(cmd, stderr=log, stdout=log, text=True, cwd=_ROOT)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the relay did not start:\n{self.log_text()}") from None
-                time.sleep(0.05)
-
-    def get(self, path: str) -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http}{path}", timeout=30) as r:
-            body: bytes = r.read()
-        return body.decode()
-
-    def status(self) -> dict[str, Any]:
-        document: dict[str, Any] = json.loads(self.get("/status"))
-        return document
-
-
-def _standby_behind(primary: PgCluster, relay: _Relay, name: str, **conf: str) -> PgCluster:
-    """A hot standby made with pg_basebackup from the primary, streaming from the relay."""
-    backup = primary.base_backup(primary.base / f"{name}.backup", "-X", "none")
-    standby = PgCluster.from_backup(
-        primary.version,
-        backup,
-        primary.base,
-        name=name,
-        conf={
-            "primary_conninfo": f"'{relay.conninfo(application_name=name)}'",
-            "hot_standby": "on",
-            "recovery_target_timeline": "latest",
-            "wal_receiver_status_interval": "1s",
-            "wal_retrieve_retry_interval": "200ms",
-            **conf,
-        },
-        signal="standby",
-    )
-    primary.standbys.append(standby)  # destroyed with the primary
-    standby.start()
-    return standby
 
 
 def _standby_of(primary: PgCluster, name: str) -> PgCluster:
@@ -164,8 +89,8 @@ def test_failover_upstream_reaches_the_standby_behind_the_relay(  # type: ignore
     )
     directory = tmp_path / "relay"
     directory.mkdir()
-    with _Relay(directory, conninfo) as relay:
-        standby = _standby_behind(primary, relay, "behind")
+    with RelayProcess(directory, conninfo) as relay:
+        standby = standby_behind(primary, relay, "behind")
         for _ in range(3):
             primary.psql(_FILL)
         want = primary.psql(_DIGEST)
@@ -375,7 +300,7 @@ def test_sigkill_under_synchronous_load_loses_no_commit_and_serves_nothing_early
     directory = tmp_path / "relay"
     directory.mkdir()
     ledger = tmp_path / "ledger"
-    relay = _Relay(
+    relay = RelayProcess(
         directory,
         primary.conninfo("scram_user", "scrampass", application_name="relay"),
         "--synchronous-standby-names", "s1",
@@ -385,7 +310,7 @@ def test_sigkill_under_synchronous_load_loses_no_commit_and_serves_nothing_early
     rng = random.Random(20261124)
     kills: list[tuple[float, LSN, LSN]] = []  # (time, directory's end, standby's received)
     with relay:
-        standby = _standby_behind(primary, relay, "s1")
+        standby = standby_behind(primary, relay, "s1")
         primary.set_conf(synchronous_standby_names="relay")
         wait_until(
             lambda: primary.psql(
@@ -531,7 +456,7 @@ async def _drop_slot(conninfo: str, name: str) -> None:
         await conn.drop_replication_slot(name)
 
 
-def _segments_removed(relay: _Relay) -> tuple[float, int]:
+def _segments_removed(relay: RelayProcess) -> tuple[float, int]:
     """walstream_segments_removed_total from /metrics, and the relay's log lines for removals."""
     value = None
     for family in text_string_to_metric_families(relay.get("/metrics")):
@@ -563,7 +488,7 @@ def test_retention_bounds_the_directory_keeps_what_is_needed_and_cuts_off_a_late
     primary.psql("CREATE TABLE t(x int, pad text)")
     directory = tmp_path / "relay"
     directory.mkdir()
-    relay = _Relay(
+    relay = RelayProcess(
         directory, primary.conninfo("trust_user", application_name="relay"),
         "--wal-keep-size", str(KEEP_MB), "--wal-sender-timeout", "0",
     )  # fmt: skip
@@ -583,8 +508,8 @@ def test_retention_bounds_the_directory_keeps_what_is_needed_and_cuts_off_a_late
         assert size.most_files <= KEEP_MB + 1, f"{size.most_files} segment files: {size.at_most}"
         assert size.most_bytes <= (KEEP_MB + 1) * SEG, f"{size.most_bytes} bytes at once"
 
-        away = _standby_behind(primary, relay, "away")
-        steady = _standby_behind(primary, relay, "steady")
+        away = standby_behind(primary, relay, "away")
+        steady = standby_behind(primary, relay, "steady")
 
         # 2. What a slot and a connected client need stays; a standby away is cut off.
         away.stop()
@@ -669,7 +594,7 @@ def test_retention_bounds_the_directory_keeps_what_is_needed_and_cuts_off_a_late
 # -- /metrics and /status -------------------------------------------------------------------
 
 
-def _metric_samples(relay: _Relay) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def _metric_samples(relay: RelayProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of the relay's /metrics, read by Prometheus's own parser."""
     samples = {}
     for family in text_string_to_metric_families(relay.get("/metrics")):
@@ -695,13 +620,13 @@ def test_metrics_parse_and_status_lists_the_relays_downstream(  # type: ignore[n
     primary.psql("CREATE TABLE t(x int, pad text)")
     directory = tmp_path / "relay"
     directory.mkdir()
-    relay = _Relay(
+    relay = RelayProcess(
         directory, primary.conninfo("trust_user", application_name="relay"),
         "--synchronous-standby-names", "FIRST 1 (s1, s2)",
     )  # fmt: skip
     with relay:
-        s1 = _standby_behind(primary, relay, "s1")
-        s2 = _standby_behind(primary, relay, "s2", hot_standby_feedback="on")
+        s1 = standby_behind(primary, relay, "s1")
+        s2 = standby_behind(primary, relay, "s2", hot_standby_feedback="on")
         rw_dir = tmp_path / "rw"
         rw_dir.mkdir()
         rw = subprocess.Popen(

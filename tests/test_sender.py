@@ -23,7 +23,7 @@ from walstream.protocol.commands import SlotPosition
 from walstream.wal.segment import parse_segment_name
 
 from .pgcluster import VERSIONS, PgCluster, wait_until
-from .support.sender import SenderProcess, receive, seed
+from .support.sender import SenderProcess, receive, seed, standby_behind
 
 SEG = 1024 * 1024
 IDS = [f"pg{v}" for v in VERSIONS]
@@ -113,27 +113,6 @@ def test_pg_receivewal_copies_the_primarys_segments_with_and_without_a_slot(
         assert asyncio.run(_read_slot(sender, "pgrw")) is None
 
 
-def _standby_of(primary: PgCluster, sender: SenderProcess, name: str = "downstream") -> PgCluster:
-    """A hot standby made with pg_basebackup from the primary, streaming from walstream."""
-    backup = primary.base_backup(primary.base / f"{name}.backup", "-X", "none")
-    standby = PgCluster.from_backup(
-        primary.version,
-        backup,
-        primary.base,
-        name=name,
-        conf={
-            "primary_conninfo": f"'{sender.conninfo(application_name=name)}'",
-            "hot_standby": "on",
-            "recovery_target_timeline": "latest",
-            "wal_receiver_status_interval": "1s",
-        },
-        signal="standby",
-    )
-    primary.standbys.append(standby)
-    standby.start()
-    return standby
-
-
 @pytest.mark.parametrize("version", VERSIONS, ids=IDS)
 def test_a_standby_streams_from_walstream_while_a_receiver_fills_it(
     pg_factory, tmp_path: Path, version: int
@@ -150,7 +129,7 @@ def test_a_standby_streams_from_walstream_while_a_receiver_fills_it(
     try:
         wait_until(lambda: any(served.iterdir()), what="the receiver's first segment")
         with SenderProcess(served) as sender:
-            standby = _standby_of(primary, sender)
+            standby = standby_behind(primary, sender, "downstream")
             for round_ in range(3):
                 primary.psql(f"INSERT INTO t SELECT g, 'r{round_}' FROM generate_series(1, 2000) g")
                 primary.psql("SELECT pg_switch_wal()")
@@ -185,7 +164,7 @@ def test_a_promotion_upstream_reaches_a_standby_and_pg_receivewal_through_walstr
     try:
         wait_until(lambda: any(served.iterdir()), what="the receiver's first segment")
         with SenderProcess(served) as sender:
-            standby = _standby_of(primary, sender)
+            standby = standby_behind(primary, sender, "downstream")
             pg_rw_dir = tmp_path / "pgrw"
             seed(pg_rw_dir, sorted(p.name for p in served.iterdir())[0].removesuffix(".partial"))
             pg_rw = subprocess.Popen(

@@ -17,6 +17,8 @@ from walstream.lsn import LSN
 
 from .cluster import TestCluster
 
+_ROOT = Path(__file__).resolve().parents[2]  # where `python -m tests.support...` runs
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -107,21 +109,38 @@ def pid_alive(pid: int) -> bool:
 
 
 class RelayProcess(SenderProcess):
-    """``python -m walstream.relay`` from a primary: served on a port, its /status on another."""
+    """``python -m walstream.relay`` from a primary: WAL on a port, /status and /metrics on another.
 
-    def __init__(self, directory: Path, conninfo: str, *args: str, port: int | None = None) -> None:
+    ``start()`` returns once it listens, which it does once the upstream's
+    first WAL is in its directory. With ``ledger``, it runs through
+    tests/support/relay_ledger.py, which records what it made durable.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        conninfo: str,
+        *args: str,
+        port: int | None = None,
+        ledger: Path | None = None,
+    ) -> None:
         super().__init__(directory, *args, port=port)
         self.conninfo_upstream = conninfo
         self.http = free_port()
+        self.log = directory.parent / f"relay-{self.port}.log"
+        self.ledger = ledger
 
     def start(self) -> RelayProcess:
-        cmd = [sys.executable, "-m", "walstream.relay", "-D", str(self.directory),
+        program = ["-m", "walstream.relay"]
+        if self.ledger is not None:
+            program = ["-m", "tests.support.relay_ledger", str(self.ledger)]
+        cmd = [sys.executable, *program, "-D", str(self.directory),
                "-d", self.conninfo_upstream, "--listen", f"127.0.0.1:{self.port}",
                "--http", f"127.0.0.1:{self.http}", "-v", *self.args]  # fmt: skip
         with open(self.log, "a") as log:
-            self.proc = subprocess.Popen(cmd, stderr=log, stdout=log, text=True)
+            self.proc = subprocess.Popen(cmd, stderr=log, stdout=log, text=True, cwd=_ROOT)
         deadline = time.monotonic() + 60
-        while True:  # serving once the primary's first WAL is there
+        while True:
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                 return self
@@ -130,7 +149,40 @@ class RelayProcess(SenderProcess):
                     raise RuntimeError(f"the relay did not start:\n{self.log_text()}") from None
                 time.sleep(0.05)
 
+    def get(self, path: str) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http}{path}", timeout=30) as r:
+            body: bytes = r.read()
+        return body.decode()
+
     def status(self) -> dict[str, Any]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.http}/status", timeout=10) as r:
-            status: dict[str, Any] = json.load(r)
-        return status
+        document: dict[str, Any] = json.loads(self.get("/status"))
+        return document
+
+
+def standby_behind(
+    primary: TestCluster, server: SenderProcess, name: str, **conf: str
+) -> TestCluster:
+    """A hot standby made with pg_basebackup from ``primary``, streaming from ``server``.
+
+    ``server`` is a walstream sender or relay; the standby's application_name
+    is ``name``; it follows timelines and retries quickly. ``conf`` adds settings.
+    """
+    backup = primary.base_backup(primary.base / f"{name}.backup", "-X", "none")
+    standby = TestCluster.from_backup(
+        primary.version,
+        backup,
+        primary.base,
+        name=name,
+        conf={
+            "primary_conninfo": f"'{server.conninfo(application_name=name)}'",
+            "hot_standby": "on",
+            "recovery_target_timeline": "latest",
+            "wal_receiver_status_interval": "1s",
+            "wal_retrieve_retry_interval": "200ms",
+            **conf,
+        },
+        signal="standby",
+    )
+    primary.standbys.append(standby)  # destroyed with the primary
+    standby.start()
+    return standby
