@@ -106,6 +106,13 @@ def main() -> int:
         action="store_true",
         help="also time the limit without the copy out of the socket (discard.py --truncate)",
     )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        metavar="DIR",
+        help="also time the receiver of another checkout (DIR, e.g. a git worktree of an "
+        "older commit) as walstream_before",
+    )
     args = parser.parse_args()
     modes = ["no-sync"] if args.no_sync else args.modes.split(",")
     for mode in modes:
@@ -142,6 +149,10 @@ def main() -> int:
             # Standard library only: -I -S skip site-packages and the environment (20-30 ms).
             "limit": [sys.executable, "-I", "-S", str(DISCARD)],
         }
+        # -P keeps the working directory off sys.path: PYTHONPATH picks the other tree.
+        envs = {"walstream_before": {**env, "PYTHONPATH": str(args.before)}} if args.before else {}
+        if args.before:
+            tools["walstream_before"] = [sys.executable, "-P", "-m", "walstream.receiver"]
         if args.truncate:
             tools["limit_truncate"] = [sys.executable, "-I", "-S", str(DISCARD), "--truncate"]
         for mode in modes:
@@ -160,7 +171,7 @@ def main() -> int:
                         (directory / (segment_name(1, start // SEG, SEG) + ".partial")).touch()
                         cmd += ["-D", str(directory), "-n", *MODES[mode]]
                     os.sync()
-                    elapsed, cpu, peak, err, rc = _run(cmd, env)
+                    elapsed, cpu, peak, err, rc = _run(cmd, envs.get(name, env))
                     if rc != 0:
                         print(f"{name} failed: {err.decode(errors='replace')}", file=sys.stderr)
                         return 1
@@ -186,6 +197,18 @@ def main() -> int:
                 f"median CPU walstream {statistics.median(cpus['walstream']):.2f} s, "
                 f"pg_receivewal {statistics.median(cpus['pg_receivewal']):.2f} s"
             )
+            if args.before:
+                before = med["walstream_before"]
+                per_round = ", ".join(
+                    f"{b / o:.2f}"
+                    for o, b in zip(times["walstream"], times["walstream_before"], strict=True)
+                )
+                print(
+                    f"{mode}: walstream_before {before:.2f} s; walstream speed = "
+                    f"{before / ours:.2f}x walstream_before (per round: {per_round}); "
+                    "median CPU walstream_before "
+                    f"{statistics.median(cpus['walstream_before']):.2f} s"
+                )
             for limit in (n for n in tools if n.startswith("limit")):
                 per_round = ", ".join(
                     f"{lim / o:.2f}"

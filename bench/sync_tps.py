@@ -75,6 +75,7 @@ ROWS = {
     "standby": MODES,
     "walstream_replay": ("remote_apply",),
     "python_floor": ("on", "remote_write"),
+    "walstream_before": ("on", "remote_write"),
 }
 # The ratios printed per mode, where both tools have rows: (measured, against).
 PAIRS = (
@@ -83,6 +84,8 @@ PAIRS = (
     ("standby", "pg_receivewal"),
     ("walstream_replay", "standby"),
     ("python_floor", "pg_receivewal"),
+    ("walstream", "walstream_before"),
+    ("walstream_before", "pg_receivewal"),
 )
 # How long the remote_apply demonstration leaves a commit waiting for pg_receivewal.
 APPLY_PROBE_SECONDS = 3.0
@@ -117,7 +120,13 @@ class Bench:
             "pg_receivewal": [str(cluster.program("pg_receivewal"))],
             "walstream_replay": [*receiver, "--replay"],
             "python_floor": [sys.executable, str(Path(__file__).with_name("sync_floor.py"))],
+            # Another checkout's receiver (--before): -P keeps the working directory off
+            # sys.path, so PYTHONPATH picks the tree, not this one or the installed one.
+            "walstream_before": [sys.executable, "-P", "-m", "walstream.receiver"],
         }
+        self.envs: dict[str, dict[str, str]] = {}
+        if args.before:
+            self.envs["walstream_before"] = {**os.environ, "PYTHONPATH": str(args.before)}
         self.commands = {
             name: [*cmd, "-d", f"{conninfo} application_name=bench_{name}",
                    "-D", str(work / name), "--synchronous"]
@@ -143,6 +152,7 @@ class Bench:
         self.procs[name] = subprocess.Popen(
             self.commands[name],
             stderr=subprocess.DEVNULL,
+            env=self.envs.get(name),
             preexec_fn=(lambda: os.sched_setaffinity(0, {1})) if self.args.pin else None,
         )
 
@@ -287,6 +297,13 @@ def main() -> int:
         action="store_true",
         help="primary and pgbench on CPU 0, the receivers and the standby on CPU 1",
     )
+    parser.add_argument(
+        "--before",
+        type=Path,
+        metavar="DIR",
+        help="also time the receiver of another checkout (DIR, e.g. a git worktree of an "
+        "older commit) as walstream_before, with the same flags",
+    )
     args = parser.parse_args()
     if args.floor and not args.alone:
         parser.error("--floor goes with --alone (a third receiver would change the other runs)")
@@ -300,6 +317,8 @@ def main() -> int:
             parser.error(f"unknown tool {tool!r}")
     if args.floor:
         tools.append("python_floor")
+    if args.before:
+        tools.append("walstream_before")
     # Who is connected: whoever has a row in a mode timed; pg_receivewal also for the
     # remote_apply demonstration.
     rows = {mode: [t for t in tools if mode in ROWS[t]] for mode in modes}
