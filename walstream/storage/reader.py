@@ -235,9 +235,17 @@ class WalReader:
 
     @staticmethod
     def _checked(path: Path, inf: _Inflated) -> _Inflated:
-        if inf.error is not None and not path.name.endswith(_PARTIAL):
-            # A completed file never changes: its damage is not a write in progress.
+        if path.name.endswith(_PARTIAL):
+            return inf
+        # A completed file never changes: its damage is not a write in progress.
+        if inf.error is not None:
             raise ValueError(f'could not decompress "{path}": {inf.error}')
+        if not inf.decompressor.eof:
+            # Cut short, or damaged into bits that still decode (random bytes in
+            # a deflate stream often do): a completed file ends with its stream.
+            raise ValueError(
+                f'could not decompress "{path}": the file ends before its compressed stream'
+            )
         return inf
 
     @staticmethod
