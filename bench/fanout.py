@@ -1,6 +1,6 @@
 """Fan-out: N pg_receivewal clients catch up one backlog from `walstream send` and the primary.
 
-Run: ``python bench/fanout.py [--scale 80] [--rounds 3] [--clients 1,4,8]``
+Run: ``python bench/fanout.py [--scale 80] [--rounds 6] [--clients 1,4,8]``
 
 One throwaway PostgreSQL 15 primary (autovacuum off, so that no backend but
 the walsenders ends during a run); ``pgbench -i -s SCALE`` makes the backlog
@@ -393,7 +393,9 @@ def _target(args: argparse.Namespace, backlog: Backlog, n: int) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=int, default=80, help="pgbench -i scale (default 80)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    parser.add_argument(
+        "--rounds", type=int, default=6, help="interleaved rounds, an even number (default 6)"
+    )
     parser.add_argument("--clients", default="1,4,8", help="values of N (default 1,4,8)")
     parser.add_argument("--target", help="where the clients write (default /dev/shm if room)")
     parser.add_argument("--keep-wal", metavar="DIR", help="keep walstream's copy of the backlog")
@@ -436,6 +438,10 @@ def main() -> int:
         )
         bench = Bench(args, backlog, env, cluster, target)
         results: dict[tuple[str, int], list[Result]] = {(t, n): [] for t in tools for n in ns}
+        # Which runs went first in their round: on this machine the position
+        # alone moved an N = 8 run by 25-35% (2026-12-04), so with an odd
+        # number of rounds the medians favour whoever went second more often.
+        went_first: dict[tuple[str, int], list[bool]] = {(t, n): [] for t in tools for n in ns}
         try:
             for rnd in range(args.rounds):
                 for n in ns:
@@ -444,6 +450,7 @@ def main() -> int:
                         os.sync()
                         r = bench.run(tool, n, rnd)
                         results[tool, n].append(r)
+                        went_first[tool, n].append(tool == order[0])
                         gib = n * backlog.size / GIB
                         print(
                             f"round {rnd}  N={n}  {tool:<9} {r.wall:6.2f} s  "
@@ -477,6 +484,7 @@ def main() -> int:
                 )
                 line.append(f"walstream speed {theirs / ours:.2f}x the primary (per round: "
                             f"{per_round})")  # fmt: skip
+                line[-1] += _position_matched(results, went_first, n)
             print(" ".join(line), flush=True)
     finally:
         if cluster is not None:
@@ -485,6 +493,25 @@ def main() -> int:
             shutil.rmtree(scratch, ignore_errors=True)
         shutil.rmtree(pycache, ignore_errors=True)
     return 0
+
+
+def _position_matched(
+    results: dict[tuple[str, int], list[Result]],
+    went_first: dict[tuple[str, int], list[bool]],
+    n: int,
+) -> str:
+    """walstream against the primary, each run compared with the other's in the same position."""
+    parts = []
+    for label, first in (("first", True), ("second", False)):
+        walls = {
+            tool: [r.wall for r, f in zip(results[tool, n], went_first[tool, n], strict=True)
+                   if f is first]
+            for tool in ("walstream", "primary")
+        }  # fmt: skip
+        if all(walls.values()):
+            ours, theirs = (statistics.median(walls[t]) for t in ("walstream", "primary"))
+            parts.append(f"{label} {theirs / ours:.2f}x")
+    return "; position-matched: " + ", ".join(parts) if parts else ""
 
 
 if __name__ == "__main__":
