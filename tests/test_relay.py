@@ -93,8 +93,11 @@ def _lsn(text: str) -> int:
     return int(high, 16) << 32 | int(low, 16)
 
 
-def test_a_commit_waits_for_the_standby_behind_the_cascade(pg_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    primary: PgCluster = pg_factory(15, wal_segsize_mb=1)
+@pytest.mark.parametrize("version", VERSIONS, ids=IDS)
+def test_a_commit_waits_for_the_standby_behind_the_cascade(
+    pg_factory, tmp_path: Path, version: int
+) -> None:  # type: ignore[no-untyped-def]
+    primary: PgCluster = pg_factory(version, wal_segsize_mb=1)
     primary.psql("CREATE TABLE t(x int)")
     primary.set_conf(synchronous_standby_names="relay")
     with _relay(primary, tmp_path, "--synchronous-standby-names", "s1") as relay:
@@ -117,8 +120,11 @@ def test_a_commit_waits_for_the_standby_behind_the_cascade(pg_factory, tmp_path:
         wait_until(lambda: standby.psql("SELECT count(*) FROM t") == "2", what="row 2 on s1")
 
 
-def test_any_1_of_two_standbys_does_not_wait_for_either_one(pg_factory, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    primary: PgCluster = pg_factory(15, wal_segsize_mb=1)
+@pytest.mark.parametrize("version", VERSIONS, ids=IDS)
+def test_any_1_of_two_standbys_does_not_wait_for_either_one(
+    pg_factory, tmp_path: Path, version: int
+) -> None:  # type: ignore[no-untyped-def]
+    primary: PgCluster = pg_factory(version, wal_segsize_mb=1)
     primary.psql("CREATE TABLE t(x int)")
     primary.set_conf(synchronous_standby_names="relay")
     with _relay(primary, tmp_path, "--synchronous-standby-names", "ANY 1 (s1, s2)") as relay:
@@ -144,10 +150,11 @@ def test_any_1_of_two_standbys_does_not_wait_for_either_one(pg_factory, tmp_path
         assert commit.wait(60) == 0
 
 
+@pytest.mark.parametrize("version", VERSIONS, ids=IDS)
 def test_hot_standby_feedback_reaches_the_primary_through_the_relay(
-    pg_factory, tmp_path: Path
+    pg_factory, tmp_path: Path, version: int
 ) -> None:  # type: ignore[no-untyped-def]
-    primary: PgCluster = pg_factory(15, wal_segsize_mb=1)
+    primary: PgCluster = pg_factory(version, wal_segsize_mb=1)
     primary.psql("CREATE TABLE t(x int)")
     with _relay(primary, tmp_path) as relay:
         standby = standby_behind(primary, relay, "fb", hot_standby_feedback="on")
