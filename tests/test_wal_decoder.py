@@ -27,6 +27,7 @@ from walstream.wal import kernel
 from walstream.wal.crc import crc32c
 from walstream.wal.decoder import (
     NEED_DATA,
+    XLOG_BLCKSZ,
     EndOfWal,
     InvalidRecord,
     Record,
@@ -927,6 +928,25 @@ def _replay_both(
     return compiled
 
 
+def _end_of_record(lsn: int, tot_len: int) -> int:
+    """xlogreader's EndRecPtr: the record's bytes laid out page by page, each page it
+    continues onto starting with a page header (long on a segment's first page), then
+    MAXALIGNed. Whether the last record crosses a page depends on the run's WAL."""
+    pos, left = lsn, tot_len
+    while True:
+        take = min(left, XLOG_BLCKSZ - pos % XLOG_BLCKSZ)
+        pos, left = pos + take, left - take
+        if not left:
+            return (pos + 7) & ~7
+        pos += 40 if pos % SEG_SIZE == 0 else 24
+
+
+def test_end_of_record_counts_the_page_headers_it_crosses() -> None:
+    assert _end_of_record(0x184FFE0, 114) == 0x1850070  # 32 bytes, a short header, 82 bytes
+    assert _end_of_record(0x184FF00, 114) == 0x184FF78  # within a page
+    assert _end_of_record(0x1FFFFE0, 114) == 0x2000080  # onto a segment's first page
+
+
 def test_replay_paths_agree_on_whole_timelines(
     sample: Sample, monkeypatch: pytest.MonkeyPatch, compiled_kernel: None
 ) -> None:
@@ -942,7 +962,7 @@ def test_replay_paths_agree_on_whole_timelines(
         feeds.append((pos, b"", pos))
         state = _replay_both(monkeypatch, start, feeds)
         last = dump.records[-1]
-        assert state.replay_lsn == last.lsn + ((last.tot_len + 7) & ~7)
+        assert state.replay_lsn == _end_of_record(last.lsn, last.tot_len)
         assert isinstance(state.stopped, EndOfWal)
     # The kernel leaves only a few records to the general path (so the
     # comparison is really of the kernel).
