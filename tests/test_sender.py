@@ -148,10 +148,11 @@ def test_a_standby_streams_from_walstream_while_a_receiver_fills_it(
         receiver.wait(30)
 
 
+@pytest.mark.parametrize("version", VERSIONS, ids=IDS)
 def test_a_promotion_upstream_reaches_a_standby_and_pg_receivewal_through_walstream(
-    pg_factory, tmp_path: Path
+    pg_factory, tmp_path: Path, version: int
 ) -> None:  # type: ignore[no-untyped-def]
-    primary: PgCluster = pg_factory(15, wal_segsize_mb=1)
+    primary: PgCluster = pg_factory(version, wal_segsize_mb=1)
     primary.psql("CREATE TABLE t(x int, pad text)")
     upstream = primary.make_standby("upstream")  # what walstream receives from, promoted later
     served = tmp_path / "served"
