@@ -209,9 +209,19 @@ def test_first_connection_failure_is_fatal_even_without_no_loop(tmp_path: Path) 
 
 
 def _in_pty(
-    argv: list[str], answer: str | None, timeout: float = 30, *, enter: bool = True
+    argv: list[str],
+    answer: str | None,
+    timeout: float = 30,
+    *,
+    enter: bool = True,
+    describe: bool = False,
 ) -> tuple[int, str]:
-    """Run ``argv`` on a new pseudo-terminal; type ``answer`` (and Enter) at "Password: "."""
+    """Run ``argv`` on a new pseudo-terminal; type ``answer`` (and Enter) at "Password: ".
+
+    ``describe``: the child first prints its terminal's state (process group,
+    the terminal's foreground group, whether /dev/tty opens), for a failure
+    that depends on it.
+    """
     env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
     env["PGPASSFILE"] = "/nonexistent/pgpass"  # no stored password either
     pid, fd = pty.fork()
@@ -223,6 +233,14 @@ def _in_pty(
             # at the prompt had no effect.
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+            if describe:
+                try:
+                    os.close(os.open("/dev/tty", os.O_RDWR))
+                    tty = "opens"
+                except OSError as e:
+                    tty = f"fails: {e}"
+                os.write(1, f"[pgrp {os.getpgrp()}, foreground {os.tcgetpgrp(0)}, "
+                            f"/dev/tty {tty}]\n".encode())  # fmt: skip
             os.execve(argv[0], argv, env)
         finally:
             os._exit(127)
@@ -336,7 +354,7 @@ def test_ctrl_c_at_the_password_prompt_ends_without_a_traceback(pw_server: PgClu
     for program in (OURS, [str(pw_server.program("pg_receivewal"))]):
         args = [*program, "-d", conninfo, "-S", "never_made", "--create-slot", "-W"]
         # The terminal's interrupt character alone, as a person types it.
-        rc, text = _in_pty(args, "\x03", enter=False)
+        rc, text = _in_pty(args, "\x03", enter=False, describe=True)
         here = (signal.getsignal(signal.SIGINT), signal.pthread_sigmask(signal.SIG_BLOCK, []))
         assert rc in (130, -signal.SIGINT), (rc, text, here)
         assert "Traceback" not in text, text
