@@ -649,7 +649,10 @@ def test_metrics_parse_and_status_lists_the_relays_downstream(  # type: ignore[n
 
             def at_rest() -> bool:
                 rows = {r["application_name"]: r for r in relay.status()["clients"]}
-                if set(rows) != {"s1", "s2", "rw"} or LSN.parse(rows["rw"]["sent_lsn"]) < end:
+                if set(rows) != {"s1", "s2", "rw"}:
+                    return False
+                sent = rows["rw"]["sent_lsn"]  # NULL until its START_REPLICATION, as on a primary
+                if sent is None or LSN.parse(sent) < end:
                     return False
                 for name, standby in standbys.items():
                     mine = standby.psql(
