@@ -106,6 +106,10 @@ def test_pg_receivewal_copies_the_primarys_segments_with_and_without_a_slot(
             "SELECT restart_lsn FROM pg_replication_slots WHERE slot_name='pgrw'"
         )
         assert kept == SlotPosition("physical", LSN.parse(restart), 1)
+        # A clean stop saves the slot's progress, as PostgreSQL's shutdown
+        # checkpoint does (leaving the block SIGKILLs it, and a crash may lose
+        # the last second of progress, as one after a checkpoint does).
+        assert sender.stop() == 0, sender.log_text()
     with SenderProcess(served, port=sender.port):  # a restart keeps the slot
         assert asyncio.run(_read_slot(sender, "pgrw")) == kept
         dropped = _pg_receivewal(cluster, sender, tmp_path, "--drop-slot", "-S", "pgrw")
