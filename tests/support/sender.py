@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from walstream.lsn import LSN
 
@@ -52,11 +52,19 @@ class SenderProcess:
         self.log = directory.parent / f"sender-{self.port}.log"
         self.proc: subprocess.Popen[str] | None = None
 
-    def start(self) -> SenderProcess:
-        cmd = [sys.executable, "-m", "walstream.sender", "-D", str(self.directory),
-               "--listen", f"127.0.0.1:{self.port}", "-v", *self.args]  # fmt: skip
+    what = "sender"
+    cwd: Path | None = None  # where the command runs (None: the test's own directory)
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "walstream.sender", "-D", str(self.directory),
+                "--listen", f"127.0.0.1:{self.port}", "-v", *self.args]  # fmt: skip
+
+    def start(self) -> Self:
+        """Start it; return once it accepts connections."""
         with open(self.log, "a") as log:
-            self.proc = subprocess.Popen(cmd, stderr=log, stdout=log, text=True)
+            self.proc = subprocess.Popen(
+                self.command(), stderr=log, stdout=log, text=True, cwd=self.cwd
+            )
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -64,7 +72,9 @@ class SenderProcess:
                 return self
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the sender did not start:\n{self.log_text()}") from None
+                    raise RuntimeError(
+                        f"the {self.what} did not start:\n{self.log_text()}"
+                    ) from None
                 time.sleep(0.05)
 
     def conninfo(self, user: str = "trust_user", **extra: str) -> str:
@@ -91,7 +101,7 @@ class SenderProcess:
         except OSError:
             return ""
 
-    def __enter__(self) -> SenderProcess:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *_: object) -> None:
@@ -130,24 +140,16 @@ class RelayProcess(SenderProcess):
         self.log = directory.parent / f"relay-{self.port}.log"
         self.ledger = ledger
 
-    def start(self) -> RelayProcess:
+    what = "relay"
+    cwd = _ROOT  # `python -m tests.support.relay_ledger` is found from the checkout
+
+    def command(self) -> list[str]:
         program = ["-m", "walstream.relay"]
         if self.ledger is not None:
             program = ["-m", "tests.support.relay_ledger", str(self.ledger)]
-        cmd = [sys.executable, *program, "-D", str(self.directory),
-               "-d", self.conninfo_upstream, "--listen", f"127.0.0.1:{self.port}",
-               "--http", f"127.0.0.1:{self.http}", "-v", *self.args]  # fmt: skip
-        with open(self.log, "a") as log:
-            self.proc = subprocess.Popen(cmd, stderr=log, stdout=log, text=True, cwd=_ROOT)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the relay did not start:\n{self.log_text()}") from None
-                time.sleep(0.05)
+        return [sys.executable, *program, "-D", str(self.directory),
+                "-d", self.conninfo_upstream, "--listen", f"127.0.0.1:{self.port}",
+                "--http", f"127.0.0.1:{self.http}", "-v", *self.args]  # fmt: skip
 
     def get(self, path: str) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.http}{path}", timeout=30) as r:
