@@ -187,10 +187,7 @@ def main() -> int:
                     shutil.rmtree(directory)
             med = {name: statistics.median(times[name]) for name in tools}
             ours, theirs = med["walstream"], med["pg_receivewal"]
-            ratios = ", ".join(
-                f"{t / o:.2f}"
-                for o, t in zip(times["walstream"], times["pg_receivewal"], strict=True)
-            )
+            ratios = _per_round(times["walstream"], times["pg_receivewal"])
             print(
                 f"{mode}: median walstream {ours:.2f} s, pg_receivewal {theirs:.2f} s; "
                 f"walstream speed = {theirs / ours:.2f}x pg_receivewal (per round: {ratios}); "
@@ -199,10 +196,7 @@ def main() -> int:
             )
             if args.before:
                 before = med["walstream_before"]
-                per_round = ", ".join(
-                    f"{b / o:.2f}"
-                    for o, b in zip(times["walstream"], times["walstream_before"], strict=True)
-                )
+                per_round = _per_round(times["walstream"], times["walstream_before"])
                 print(
                     f"{mode}: walstream_before {before:.2f} s; walstream speed = "
                     f"{before / ours:.2f}x walstream_before (per round: {per_round}); "
@@ -210,10 +204,7 @@ def main() -> int:
                     f"{statistics.median(cpus['walstream_before']):.2f} s"
                 )
             for limit in (n for n in tools if n.startswith("limit")):
-                per_round = ", ".join(
-                    f"{lim / o:.2f}"
-                    for o, lim in zip(times["walstream"], times[limit], strict=True)
-                )
+                per_round = _per_round(times["walstream"], times[limit])
                 print(
                     f"{mode}: {limit} {med[limit]:.2f} s ({size / med[limit] / 1e6:.0f} MB/s, "
                     f"CPU {statistics.median(cpus[limit]):.2f} s); walstream at "
@@ -230,6 +221,11 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(pycache, ignore_errors=True)
     return 0
+
+
+def _per_round(ours: list[float], other: list[float]) -> str:
+    """other / ours for each round, as the summary lines print them."""
+    return ", ".join(f"{t / o:.2f}" for o, t in zip(ours, other, strict=True))
 
 
 if __name__ == "__main__":
